@@ -1,0 +1,245 @@
+"""Who is asking: the trust decision for task headers (SPEC step 1).
+
+A header such as ``X-AppEngine-QueueName`` tells a handler that the queue sent the request.
+Anyone can type that header, so believing it from an arbitrary client lets a stranger
+run task code with forged retry counts, names and ETAs. This module decides, from the
+immediate peer address (and only from forwarding headers that a named trusted proxy
+vouches for), whether the request came from the queue.
+
+Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from .exceptions import ConfigError
+
+__all__ = ["Authenticator", "RequestInfo", "TrustPolicy", "TrustedBy", "User"]
+
+log = logging.getLogger("taskhandler")
+
+TrustedBy = Literal["queue", "admin", "platform", "development"]
+TrustMode = Literal["strict", "app_engine", "development"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Bounded cache of peer address -> parsed address; peers repeat a lot behind a proxy.
+_PARSE_CACHE_MAX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A signed-in user, as an :class:`Authenticator` reports it."""
+
+    email: str
+    user_id: str | None = None
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A protocol-neutral view of a request, so one authenticator serves WSGI and ASGI.
+
+    ``headers`` has lower-case names (several values joined with ``", "``); ``cookies``
+    maps cookie names to values; ``client`` is the immediate peer address.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query_string: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    client: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (any case), or ``None``."""
+        return self.headers.get(name.lower())
+
+    @property
+    def url(self) -> str:
+        """The full URL of the request."""
+        query = f"?{self.query_string}" if self.query_string else ""
+        return f"{self.scheme}://{self.host}{self.path}{query}"
+
+
+class Authenticator(Protocol):
+    """Tells who the user of a request is: ``RequestInfo -> User | None``."""
+
+    def __call__(self, request: RequestInfo, /) -> User | None: ...
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """Parse an IP address as seen in a peer or forwarding header, else ``None``.
+
+    ``::ffff:a.b.c.d`` becomes ``a.b.c.d`` so that an IPv4 rule matches a dual-stack peer;
+    ``[v6]`` brackets are removed. Nothing else is guessed: a port or a name is not an address.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class _AddressSet:
+    """IPs and CIDRs parsed once, with a fast exact-string check before parsing a peer."""
+
+    __slots__ = ("_cache", "_exact", "_networks")
+
+    def __init__(self, entries: Iterable[str], what: str) -> None:
+        if isinstance(entries, str):
+            entries = [entries]
+        networks: list[IPNetwork] = []
+        exact: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(f"{what}: not an IP address or CIDR", value=entry)
+            text = entry.strip()
+            try:
+                network = ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise ConfigError(f"{what}: {exc}", value=entry) from None
+            if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+                mapped = network.network_address.ipv4_mapped
+                if mapped is not None:
+                    network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+            networks.append(network)
+            if network.num_addresses == 1:
+                exact.add(str(network.network_address))
+        self._networks = tuple(networks)
+        self._exact = frozenset(exact)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, text: object) -> bool:
+        if not isinstance(text, str):
+            return False
+        if text in self._exact:
+            return True
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        address = parse_address(text)
+        found = address is not None and any(address in net for net in self._networks)
+        if len(self._cache) >= _PARSE_CACHE_MAX:
+            self._cache.clear()
+        self._cache[text] = found
+        return found
+
+    def __repr__(self) -> str:
+        return repr([str(n) for n in self._networks])
+
+
+class TrustPolicy:
+    """Decides per request whether ``X-AppEngine-*`` / ``X-CloudTasks-*`` headers are believed.
+
+    The default is strict: a request is from the queue only when its immediate peer
+    address is in ``queue_sources`` (default ``0.1.0.2``, the address App Engine's queue
+    sends from). Forwarding headers are ignored unless ``trusted_proxies`` names the
+    proxies allowed to set ``X-Forwarded-For``; it is then walked right to left, skipping
+    those proxies, and the first other address is the client.
+
+    Args:
+        queue_sources: IPs or CIDRs of the queue. A malformed entry raises ``ConfigError``.
+        trusted_proxies: CIDRs of proxies whose ``X-Forwarded-For`` is believed.
+
+    Example::
+
+        TrustPolicy(queue_sources=["10.8.0.0/24"], trusted_proxies=["127.0.0.1"])
+    """
+
+    __slots__ = ("mode", "queue_sources", "trusted_proxies")
+
+    mode: TrustMode
+
+    def __init__(
+        self,
+        queue_sources: Iterable[str] = ("0.1.0.2",),
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self.mode = "strict"
+        self.queue_sources = _AddressSet(queue_sources, "queue_sources")
+        self.trusted_proxies = _AddressSet(trusted_proxies, "trusted_proxies")
+
+    @classmethod
+    def app_engine(cls, queue_sources: Iterable[str] = ("0.1.0.2",)) -> TrustPolicy:
+        """For App Engine itself, where the platform strips client-sent ``X-AppEngine-*``.
+
+        Headers are believed as they arrive; the queue is recognised by the platform's
+        ``X-AppEngine-User-IP`` and an admin by ``X-AppEngine-User-Is-Admin: 1``. Use it only
+        on App Engine: anywhere else it lets any client forge task headers.
+        """
+        policy = cls(queue_sources=queue_sources)
+        policy.mode = "app_engine"
+        return policy
+
+    @classmethod
+    def development(cls) -> TrustPolicy:
+        """Like App Engine's development server: nothing is stripped, any request may be a task.
+
+        Logs a warning when a middleware starts with it; the CLI refuses it on a
+        non-loopback address.
+        """
+        policy = cls()
+        policy.mode = "development"
+        return policy
+
+    def __repr__(self) -> str:
+        if self.mode != "strict":
+            return f"TrustPolicy.{self.mode}()"
+        return (
+            f"TrustPolicy(queue_sources={self.queue_sources!r}, "
+            f"trusted_proxies={self.trusted_proxies!r})"
+        )
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """The client address: the peer, or the ``X-Forwarded-For`` hop a trusted proxy vouches for."""
+        if peer is None or not self.trusted_proxies or forwarded_for is None:
+            return peer
+        if peer not in self.trusted_proxies:
+            return peer
+        hops = [hop.strip() for hop in forwarded_for.split(",")]
+        for hop in reversed(hops):
+            if hop not in self.trusted_proxies:
+                return hop
+        # Every hop is a trusted proxy: the request started inside; the leftmost is the client.
+        return hops[0] if hops and hops[0] else peer
+
+    def source(self, peer: str | None, header: Callable[[str], str | None]) -> TrustedBy | None:
+        """How far the request's source alone is trusted, before asking who the user is.
+
+        Args:
+            peer: the immediate peer address (``REMOTE_ADDR``, ASGI ``client[0]``).
+            header: looks up a request header by lower-case name.
+
+        Returns ``"queue"``, ``"platform"`` or ``"development"``, ``"admin"`` when the
+        platform itself says so (App Engine mode), else ``None``.
+        """
+        mode = self.mode
+        if mode == "strict":
+            if self.trusted_proxies:
+                peer = self.client_address(peer, header("x-forwarded-for"))
+            return "queue" if peer in self.queue_sources else None
+        if mode == "development":
+            return "development"
+        user_ip = header("x-appengine-user-ip")
+        if user_ip is not None and user_ip in self.queue_sources:
+            return "queue"
+        if header("x-appengine-user-is-admin") == "1":
+            return "admin"
+        return "platform"
