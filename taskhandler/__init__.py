@@ -1,0 +1,49 @@
+"""taskhandler: push-queue task handlers the App Engine way, run anywhere."""
+
+from __future__ import annotations
+
+from .access import Refusal as Refusal
+from .config import AccessRule as AccessRule
+from .config import AppConfig as AppConfig
+from .config import load_app_yaml as load_app_yaml
+from .config import load_web_xml as load_web_xml
+from .context import TaskContext as TaskContext
+from .context import current_task as current_task
+from .deadline import DeadlineExceededError as DeadlineExceededError
+from .deadline import check_deadline as check_deadline
+from .exceptions import ConfigError as ConfigError
+from .exceptions import InvalidTaskHeaders as InvalidTaskHeaders
+from .exceptions import PermanentTaskFailure as PermanentTaskFailure
+from .exceptions import RetryTask as RetryTask
+from .exceptions import TaskHandlerError as TaskHandlerError
+from .handler import task_handler as task_handler
+from .trust import Authenticator as Authenticator
+from .trust import RequestInfo as RequestInfo
+from .trust import TrustPolicy as TrustPolicy
+from .trust import User as User
+from .wsgi import TaskMiddleware as TaskMiddleware
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AccessRule",
+    "AppConfig",
+    "Authenticator",
+    "ConfigError",
+    "DeadlineExceededError",
+    "InvalidTaskHeaders",
+    "PermanentTaskFailure",
+    "Refusal",
+    "RequestInfo",
+    "RetryTask",
+    "TaskContext",
+    "TaskHandlerError",
+    "TaskMiddleware",
+    "TrustPolicy",
+    "User",
+    "check_deadline",
+    "current_task",
+    "load_app_yaml",
+    "load_web_xml",
+    "task_handler",
+]

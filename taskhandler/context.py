@@ -1,0 +1,167 @@
+"""``TaskContext``: what the queue said about the task being handled (SPEC §2).
+
+Pure: standard library and pydantic only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from datetime import datetime, timezone
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator
+
+from .headers import APPENGINE, CLOUDTASKS, FIELD_SUFFIXES, collect, format_eta, parse_task_fields
+from .trust import TrustedBy
+
+__all__ = ["TaskContext", "current_task"]
+
+TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,500}$")]
+Count = Annotated[int, Field(ge=0, le=9_999_999_999)]
+
+
+class _Deadline(Protocol):
+    def remaining(self) -> float: ...
+
+
+class TaskContext(BaseModel):
+    """The task being handled, built only from headers the middleware decided to trust.
+
+    Immutable. Equality and hashing compare what the queue said about the task (every
+    field but ``trusted_by``): two deliveries of one attempt are the same task however
+    this process came to believe them, and ``from_headers(ctx.to_headers()) == ctx``.
+
+    Example::
+
+        ctx = TaskContext.from_headers({"X-AppEngine-QueueName": "default",
+                                        "X-AppEngine-TaskName": "count-1"})
+        ctx.is_first_attempt  # True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    queue_name: TaskName
+    task_name: TaskName
+    retry_count: Count = 0
+    execution_count: Count = 0
+    eta: datetime | None = None
+    previous_response: Count | None = None
+    retry_reason: str | None = None
+    fail_fast: bool = False
+    trusted_by: TrustedBy = "queue"
+
+    _deadline: _Deadline | None = PrivateAttr(default=None)
+
+    @field_validator("eta")
+    @classmethod
+    def _aware_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("eta must be timezone-aware")
+        return value.astimezone(timezone.utc)
+
+    @field_validator("retry_reason")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        if value is not None and not (value.isascii() and value.isprintable() and "," not in value):
+            raise ValueError("retry_reason must be printable ASCII without commas")
+        return value
+
+    @classmethod
+    def from_headers(
+        cls, headers: Mapping[str, str], *, trusted_by: TrustedBy = "queue"
+    ) -> TaskContext:
+        """Parse task headers (case-insensitive names, ``X-AppEngine-`` or ``X-CloudTasks-``).
+
+        Raises:
+            InvalidTaskHeaders: a ``ValueError`` naming the header and the bad value.
+        """
+        return cls._from_parsed(parse_task_fields(collect(headers.items())), trusted_by)
+
+    @classmethod
+    def _from_parsed(cls, fields: dict[str, Any], trusted_by: TrustedBy) -> TaskContext:
+        """Build from :func:`parse_task_fields` output, whose grammar is stricter than the model's.
+
+        Skips pydantic's validation on this hot path (it would re-check what the header
+        parser just proved); the round-trip tests hold it equal to a validated instance.
+        """
+        fields["trusted_by"] = trusted_by
+        ctx = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(ctx, "__dict__", fields)
+        _set(ctx, "__pydantic_fields_set__", set(_ALL_FIELDS))
+        _set(ctx, "__pydantic_extra__", None)
+        _set(ctx, "__pydantic_private__", {"_deadline": None})
+        return ctx
+
+    def to_headers(self, *, cloud_tasks: bool = False) -> dict[str, str]:
+        """The headers a queue sends for this task (``X-CloudTasks-*`` for HTTP targets)."""
+        prefix = CLOUDTASKS if cloud_tasks else APPENGINE
+        out = {
+            prefix + FIELD_SUFFIXES["queue_name"]: self.queue_name,
+            prefix + FIELD_SUFFIXES["task_name"]: self.task_name,
+            prefix + FIELD_SUFFIXES["retry_count"]: str(self.retry_count),
+            prefix + FIELD_SUFFIXES["execution_count"]: str(self.execution_count),
+        }
+        if self.eta is not None:
+            out[prefix + FIELD_SUFFIXES["eta"]] = format_eta(self.eta)
+        if self.previous_response is not None:
+            out[prefix + FIELD_SUFFIXES["previous_response"]] = str(self.previous_response)
+        if self.retry_reason is not None:
+            out[prefix + FIELD_SUFFIXES["retry_reason"]] = self.retry_reason
+        if self.fail_fast and not cloud_tasks:
+            out[prefix + FIELD_SUFFIXES["fail_fast"]] = "true"
+        return out
+
+    @property
+    def is_first_attempt(self) -> bool:
+        """True on the first delivery (``retry_count == 0``)."""
+        return self.retry_count == 0
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the soft deadline (when ``DeadlineExceededError`` is raised), or None."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline.remaining())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.queue_name,
+            self.task_name,
+            self.retry_count,
+            self.execution_count,
+            self.eta,
+            self.previous_response,
+            self.retry_reason,
+            self.fail_fast,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskContext):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+_ALL_FIELDS = frozenset(TaskContext.model_fields)
+
+_current: ContextVar[TaskContext | None] = ContextVar("taskhandler_current_task", default=None)
+
+
+def current_task() -> TaskContext | None:
+    """The context of the task request handled in this thread or asyncio task, else None."""
+    return _current.get()
+
+
+def set_current(ctx: TaskContext | None) -> Token[TaskContext | None]:
+    """Publish ``ctx`` as the current task; give the token back to :func:`reset_current`."""
+    return _current.set(ctx)
+
+
+def reset_current(token: Token[TaskContext | None]) -> None:
+    """Undo :func:`set_current`."""
+    _current.reset(token)

@@ -1,0 +1,124 @@
+"""Outcomes: what a handler did, the status the queue sees, and the log record (SPEC §6).
+
+The queue looks only at the status code: 2xx means done, anything else means retry.
+Every task response also carries ``X-Task-Outcome`` so tests and logs can tell apart a
+success from a permanent failure (both 200) or a retry from a deadline (both 500).
+
+Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Literal
+
+from .exceptions import PermanentTaskFailure, RetryTask
+
+if TYPE_CHECKING:
+    from .context import TaskContext
+
+__all__ = [
+    "OUTCOME_HEADER",
+    "Outcome",
+    "Result",
+    "give_up",
+    "log_task",
+    "outcome_for_status",
+    "result_for_exception",
+    "status_line",
+]
+
+log = logging.getLogger("taskhandler")
+
+Outcome = Literal[
+    "success", "retry", "permanent-failure", "deadline-exceeded", "given-up", "rejected"
+]
+OUTCOME_HEADER = "X-Task-Outcome"
+OUTCOME_HEADER_LOWER = OUTCOME_HEADER.lower()
+_FAILURES = frozenset(("retry", "deadline-exceeded"))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The answer to one task request: status, outcome word and a one-line reason."""
+
+    status: int
+    outcome: Outcome
+    reason: str = ""
+
+
+def status_line(status: int) -> str:
+    """``404`` -> ``"404 Not Found"`` (unknown codes get a bare number and a space)."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+def outcome_for_status(status: int) -> Outcome:
+    """2xx is a success; anything else makes the queue retry."""
+    return "success" if 200 <= status < 300 else "retry"
+
+
+def result_for_exception(exc: BaseException) -> Result:
+    """Map what a handler raised to the status the queue should see."""
+    from .deadline import DeadlineExceededError
+
+    if isinstance(exc, RetryTask):
+        return Result(exc.status, "retry", exc.reason or "RetryTask")
+    if isinstance(exc, PermanentTaskFailure):
+        return Result(200, "permanent-failure", exc.reason or "PermanentTaskFailure")
+    if isinstance(exc, DeadlineExceededError):
+        return Result(500, "deadline-exceeded", "the task deadline was exceeded")
+    return Result(500, "retry", f"unhandled {type(exc).__name__}")
+
+
+def give_up(result: Result, ctx: TaskContext, max_attempts: int | None) -> Result:
+    """On the last allowed attempt, turn a failure into an acknowledged ``given-up`` (200).
+
+    ``max_attempts`` counts deliveries: attempt ``n`` carries ``retry_count == n - 1``.
+    """
+    if max_attempts is None or result.outcome not in _FAILURES:
+        return result
+    if ctx.retry_count + 1 < max_attempts:
+        return result
+    return Result(
+        200, "given-up", f"{result.reason}; attempt {ctx.retry_count + 1} of {max_attempts}"
+    )
+
+
+def log_task(
+    ctx: TaskContext, status: int, outcome: str, duration: float, path: str, reason: str = ""
+) -> None:
+    """The one structured INFO record per task request (ERROR for a permanent failure)."""
+    level = logging.ERROR if outcome == "permanent-failure" else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    fields = {
+        "queue_name": ctx.queue_name,
+        "task_name": ctx.task_name,
+        "retry_count": ctx.retry_count,
+        "execution_count": ctx.execution_count,
+        "outcome": outcome,
+        "status": status,
+        "duration": round(duration, 6),
+        "path": path,
+        "trusted_by": ctx.trusted_by,
+    }
+    log.log(
+        level,
+        "task queue_name=%s task_name=%s retry_count=%d execution_count=%d outcome=%s "
+        "status=%d duration=%.3fs path=%s%s",
+        ctx.queue_name,
+        ctx.task_name,
+        ctx.retry_count,
+        ctx.execution_count,
+        outcome,
+        status,
+        duration,
+        path,
+        f" reason={reason}" if reason else "",
+        extra={"taskhandler": fields},
+    )
