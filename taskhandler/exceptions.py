@@ -61,7 +61,7 @@ class InvalidTaskHeaders(TaskHandlerError, ValueError):
         super().__init__(f"{header}: {reason} (got {shown})")
 
 
-class RetryTask(TaskHandlerError):  # noqa: N818 - the name is the product's public API
+class RetryTask(TaskHandlerError):
     """Raise in a handler to fail this attempt so the queue retries the task.
 
     Args:
@@ -78,7 +78,7 @@ class RetryTask(TaskHandlerError):  # noqa: N818 - the name is the product's pub
         super().__init__(reason)
 
 
-class PermanentTaskFailure(TaskHandlerError):  # noqa: N818 - public API name
+class PermanentTaskFailure(TaskHandlerError):
     """Raise in a handler when a retry cannot help: the task is acknowledged (200) and dropped.
 
     Logged at ERROR; the handler's ``on_permanent_failure`` hook is called.

@@ -208,7 +208,7 @@ class TrustPolicy:
         )
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
-        """The client address: the peer, or the ``X-Forwarded-For`` hop a trusted proxy vouches for."""
+        """The client: the peer, or the ``X-Forwarded-For`` hop a trusted proxy vouches for."""
         if peer is None or not self.trusted_proxies or forwarded_for is None:
             return peer
         if peer not in self.trusted_proxies:
