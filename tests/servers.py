@@ -108,7 +108,7 @@ def serve(
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv built above
+    proc = subprocess.Popen(
         _command(kind, target, port, extra),
         cwd=cwd or ROOT,
         env=full_env,
