@@ -39,6 +39,9 @@ log = logging.getLogger("taskhandler")
 
 STATE_KEY = "taskhandler.state"
 STRIPPED_KEY = "taskhandler.stripped"
+# (deadline_s, grace_s) for this request only, set by test clients (taskhandler.testing).
+# An environ key, not a header: no network request can set it.
+DEADLINE_KEY = "taskhandler.deadline"
 _MARKERS = ("\nHTTP_X_APPENGINE_", "\nHTTP_X_CLOUDTASKS_")
 _MAX_PAGE_BODY = 64 * 1024
 # Exceptions that mean "stop the process", not "the handler failed".
@@ -201,7 +204,8 @@ def run_task(
     token = set_current(ctx)
     started = time.perf_counter()
     result: Result | None = None
-    armed = arm(settings.deadline, settings.grace)
+    deadline_s, grace_s = environ.get(DEADLINE_KEY) or (settings.deadline, settings.grace)
+    armed = arm(deadline_s, grace_s)
     ctx.__pydantic_private__["_deadline"] = armed  # type: ignore[index]
     try:
         try:
