@@ -1,0 +1,117 @@
+"""Creating push tasks, the App Engine way, and a local SQLite push queue that delivers them.
+
+The API mirrors ``google.appengine.api.taskqueue``, so code written for it ports by changing
+its import::
+
+    from taskhandler import taskqueue
+    from taskhandler.taskqueue import LocalTaskQueue, load_queue_yaml
+
+    q = LocalTaskQueue(app, db="tasks.sqlite3", queues=load_queue_yaml("queue.yaml"))
+    taskqueue.use(q)                                  # or: with taskqueue.use(q): ...
+    taskqueue.add(url="/tasks/count", params={"amount": "1"}, name="count-1")
+    q.run_until_idle(timeout=30)                      # tests; q.start() for a server
+"""
+
+from __future__ import annotations
+
+from ._api import MAX_TASKS_PER_ADD as MAX_TASKS_PER_ADD
+from ._api import MAX_TRANSACTIONAL_TASKS as MAX_TRANSACTIONAL_TASKS
+from ._api import AddResult as AddResult
+from ._api import NewTask as NewTask
+from ._api import Queue as Queue
+from ._api import TaskQueueBackend as TaskQueueBackend
+from ._api import add as add
+from ._api import add_async as add_async
+from ._api import current_backend as current_backend
+from ._api import transaction as transaction
+from ._api import use as use
+from ._backoff import RetryPolicy as RetryPolicy
+from ._clock import ManualClock as ManualClock
+from ._dispatch import QUEUE_PEER as QUEUE_PEER
+from ._errors import BadTaskStateError as BadTaskStateError
+from ._errors import BadTransactionStateError as BadTransactionStateError
+from ._errors import DuplicateTaskNameError as DuplicateTaskNameError
+from ._errors import Error as Error
+from ._errors import InternalError as InternalError
+from ._errors import InvalidEtaError as InvalidEtaError
+from ._errors import InvalidQueueError as InvalidQueueError
+from ._errors import InvalidQueueModeError as InvalidQueueModeError
+from ._errors import InvalidQueueNameError as InvalidQueueNameError
+from ._errors import InvalidTaskError as InvalidTaskError
+from ._errors import InvalidTaskNameError as InvalidTaskNameError
+from ._errors import InvalidTaskRetryOptionsError as InvalidTaskRetryOptionsError
+from ._errors import InvalidUrlError as InvalidUrlError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import TaskAlreadyExistsError as TaskAlreadyExistsError
+from ._errors import TaskTooLargeError as TaskTooLargeError
+from ._errors import TombstonedTaskError as TombstonedTaskError
+from ._errors import TooManyTasksError as TooManyTasksError
+from ._errors import TransactionalRequestTooLargeError as TransactionalRequestTooLargeError
+from ._errors import TransientError as TransientError
+from ._errors import UnknownQueueError as UnknownQueueError
+from ._local import LocalTaskQueue as LocalTaskQueue
+from ._local import QueuedTask as QueuedTask
+from ._queue_yaml import QueueConfig as QueueConfig
+from ._queue_yaml import RetryParameters as RetryParameters
+from ._queue_yaml import load_queue_yaml as load_queue_yaml
+from ._queue_yaml import parse_duration as parse_duration
+from ._queue_yaml import parse_rate as parse_rate
+from ._task import DEFAULT_QUEUE as DEFAULT_QUEUE
+from ._task import MAX_PUSH_TASK_SIZE_BYTES as MAX_PUSH_TASK_SIZE_BYTES
+from ._task import MAX_TASK_NAME_LENGTH as MAX_TASK_NAME_LENGTH
+from ._task import MAX_TASK_SIZE_BYTES as MAX_TASK_SIZE_BYTES
+from ._task import MAX_URL_LENGTH as MAX_URL_LENGTH
+from ._task import Task as Task
+from ._task import TaskRetryOptions as TaskRetryOptions
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "MAX_PUSH_TASK_SIZE_BYTES",
+    "MAX_TASKS_PER_ADD",
+    "MAX_TASK_NAME_LENGTH",
+    "MAX_TASK_SIZE_BYTES",
+    "MAX_TRANSACTIONAL_TASKS",
+    "MAX_URL_LENGTH",
+    "QUEUE_PEER",
+    "AddResult",
+    "BadTaskStateError",
+    "BadTransactionStateError",
+    "DuplicateTaskNameError",
+    "Error",
+    "InternalError",
+    "InvalidEtaError",
+    "InvalidQueueError",
+    "InvalidQueueModeError",
+    "InvalidQueueNameError",
+    "InvalidTaskError",
+    "InvalidTaskNameError",
+    "InvalidTaskRetryOptionsError",
+    "InvalidUrlError",
+    "LocalTaskQueue",
+    "ManualClock",
+    "NewTask",
+    "PermissionDeniedError",
+    "Queue",
+    "QueueConfig",
+    "QueuedTask",
+    "RetryParameters",
+    "RetryPolicy",
+    "Task",
+    "TaskAlreadyExistsError",
+    "TaskQueueBackend",
+    "TaskRetryOptions",
+    "TaskTooLargeError",
+    "TombstonedTaskError",
+    "TooManyTasksError",
+    "TransactionalRequestTooLargeError",
+    "TransientError",
+    "UnknownQueueError",
+    "add",
+    "add_async",
+    "current_backend",
+    "load_queue_yaml",
+    "parse_duration",
+    "parse_rate",
+    "transaction",
+    "use",
+]

@@ -1,0 +1,480 @@
+"""queue.yaml: queue definitions with App Engine's defaults, validated with file and line.
+
+>>> queues = load_queue_yaml("queue.yaml")          # doctest: +SKIP
+>>> queues["mail"].rate, queues["mail"].retry_parameters.task_retry_limit  # doctest: +SKIP
+(0.5, 7)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import ConfigError
+from ._backoff import (
+    DEFAULT_MAX_BACKOFF_SECONDS,
+    DEFAULT_MAX_DOUBLINGS,
+    DEFAULT_MIN_BACKOFF_SECONDS,
+    RetryPolicy,
+)
+
+QUEUE_NAME_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}$")
+_RATE_RE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]*)?)/(?P<unit>[smhd])$")
+_DURATION_RE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]*)?)(?P<unit>[smhd])$")
+_TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9][a-z0-9-]{0,99}){0,2}$")
+_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+DEFAULT_RATE = 5.0
+DEFAULT_BUCKET_SIZE = 5
+MAX_BUCKET_SIZE = 500
+
+
+def parse_rate(text: str) -> float:
+    """Parse a queue rate (``5/s``, ``10/m``, ``1/h``, ``2.5/d`` or ``0``) into tasks per second.
+
+    Raises:
+        ValueError: the text is not a rate.
+    """
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    match = _RATE_RE.match(text)
+    if match is None:
+        raise ValueError(f"rate {text!r} is not NUMBER/UNIT with UNIT one of s, m, h, d (or 0)")
+    return float(match["number"]) / _UNIT_SECONDS[match["unit"]]
+
+
+def parse_duration(text: str) -> float:
+    """Parse a ``task_age_limit`` such as ``2d``, ``3h``, ``30m``, ``10s`` into seconds.
+
+    Raises:
+        ValueError: the text is not a number followed by s, m, h or d.
+    """
+    match = _DURATION_RE.match(text.strip())
+    if match is None:
+        raise ValueError(f"duration {text!r} is not NUMBER followed by s, m, h or d")
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+
+
+@dataclass(frozen=True)
+class RetryParameters:
+    """A queue's ``retry_parameters``; ``None`` means "not set" (App Engine's default applies).
+
+    Attributes:
+        task_retry_limit: retries after the first attempt (0 = one attempt only).
+        task_age_limit: seconds after the first attempt during which retries happen.
+        min_backoff_seconds: wait before the first retry (default 0.1).
+        max_backoff_seconds: longest wait between attempts (default 3600).
+        max_doublings: doublings of the wait before it grows linearly (default 16).
+    """
+
+    task_retry_limit: int | None = None
+    task_age_limit: float | None = None
+    min_backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+    max_doublings: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("task_retry_limit", "max_doublings"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ConfigError(f"{name} must be an integer >= 0", value=value)
+        for name in ("task_age_limit", "min_backoff_seconds", "max_backoff_seconds"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ConfigError(f"{name} must be a number >= 0", value=value)
+        if self.task_age_limit is not None and self.task_age_limit <= 0:
+            raise ConfigError("task_age_limit must be greater than zero", value=self.task_age_limit)
+        if (
+            self.min_backoff_seconds is not None
+            and self.max_backoff_seconds is not None
+            and self.max_backoff_seconds < self.min_backoff_seconds
+        ):
+            raise ConfigError(
+                "max_backoff_seconds must not be smaller than min_backoff_seconds",
+                value=(self.min_backoff_seconds, self.max_backoff_seconds),
+            )
+
+    def overridden_by(self, other: RetryParameters | None) -> RetryParameters:
+        """These parameters with every value ``other`` sets replacing ours (a task's options)."""
+        if other is None:
+            return self
+        return RetryParameters(
+            task_retry_limit=_first(other.task_retry_limit, self.task_retry_limit),
+            task_age_limit=_first(other.task_age_limit, self.task_age_limit),
+            min_backoff_seconds=_first(other.min_backoff_seconds, self.min_backoff_seconds),
+            max_backoff_seconds=_first(other.max_backoff_seconds, self.max_backoff_seconds),
+            max_doublings=_first(other.max_doublings, self.max_doublings),
+        )
+
+    def policy(self) -> RetryPolicy:
+        """The effective policy, with App Engine's defaults and its min/max adjustment.
+
+        As App Engine does, a ``min_backoff_seconds`` above the default maximum raises the
+        maximum to it, and a ``max_backoff_seconds`` below the default minimum lowers the minimum.
+        """
+        low = self.min_backoff_seconds
+        high = self.max_backoff_seconds
+        if low is None:
+            low = (
+                DEFAULT_MIN_BACKOFF_SECONDS
+                if high is None
+                else min(DEFAULT_MIN_BACKOFF_SECONDS, high)
+            )
+        if high is None:
+            high = max(DEFAULT_MAX_BACKOFF_SECONDS, low)
+        if high < low:
+            # Only reachable by a task's options overriding one side of a queue's pair.
+            high = low
+        return RetryPolicy(
+            task_retry_limit=self.task_retry_limit,
+            task_age_limit=self.task_age_limit,
+            min_backoff_seconds=float(low),
+            max_backoff_seconds=float(high),
+            max_doublings=DEFAULT_MAX_DOUBLINGS
+            if self.max_doublings is None
+            else self.max_doublings,
+        )
+
+
+def _first(a: Any, b: Any) -> Any:
+    return b if a is None else a
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """One queue definition, as queue.yaml gives it.
+
+    Attributes:
+        name: the queue name (``^[a-zA-Z0-9-]{1,100}$``).
+        rate: tasks per second the queue may start; ``0`` pauses the queue.
+        bucket_size: the token bucket: how many tasks may start at once after an idle period.
+        max_concurrent_requests: tasks in flight at most; ``None`` = no queue limit.
+        target: the service (``service``, ``version.service``...) every task of the queue goes
+            to, overriding the task's own ``target``.
+        mode: ``push`` (dispatched) or ``pull`` (declared only; the local queue does not lease).
+        retry_parameters: the queue's retry parameters.
+        source: the file the definition came from, if any.
+
+    Example:
+        >>> QueueConfig("mail", rate=parse_rate("10/m")).rate
+        0.16666666666666666
+    """
+
+    name: str
+    rate: float = DEFAULT_RATE
+    bucket_size: int = DEFAULT_BUCKET_SIZE
+    max_concurrent_requests: int | None = None
+    target: str | None = None
+    mode: str = "push"
+    retry_parameters: RetryParameters = field(default_factory=RetryParameters)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not QUEUE_NAME_RE.match(self.name):
+            raise ConfigError(
+                "queue name must match ^[a-zA-Z0-9-]{1,100}$", path=self.source, value=self.name
+            )
+        if (
+            isinstance(self.rate, bool)
+            or not isinstance(self.rate, (int, float))
+            or not math.isfinite(self.rate)
+            or self.rate < 0
+        ):
+            raise ConfigError("rate must be a number of tasks per second >= 0", value=self.rate)
+        if (
+            isinstance(self.bucket_size, bool)
+            or not isinstance(self.bucket_size, int)
+            or not 1 <= self.bucket_size <= MAX_BUCKET_SIZE
+        ):
+            raise ConfigError(
+                f"bucket_size must be an integer from 1 to {MAX_BUCKET_SIZE}",
+                path=self.source,
+                value=self.bucket_size,
+            )
+        if self.max_concurrent_requests is not None and (
+            isinstance(self.max_concurrent_requests, bool)
+            or not isinstance(self.max_concurrent_requests, int)
+            or self.max_concurrent_requests < 1
+        ):
+            raise ConfigError(
+                "max_concurrent_requests must be an integer >= 1",
+                path=self.source,
+                value=self.max_concurrent_requests,
+            )
+        if self.target is not None and (
+            not isinstance(self.target, str) or not _TARGET_RE.match(self.target)
+        ):
+            raise ConfigError(
+                "target must be service, version.service or instance.version.service",
+                path=self.source,
+                value=self.target,
+            )
+        if self.mode not in ("push", "pull"):
+            raise ConfigError("mode must be push or pull", path=self.source, value=self.mode)
+
+    @property
+    def paused(self) -> bool:
+        """True when the rate is 0: tasks are accepted but not dispatched."""
+        return self.rate == 0
+
+
+def default_queue() -> QueueConfig:
+    """The ``default`` queue App Engine provides when queue.yaml has none: 5/s, bucket 5."""
+    return QueueConfig("default")
+
+
+def normalize_queues(
+    queues: Mapping[str, QueueConfig] | Iterable[QueueConfig] | None,
+) -> dict[str, QueueConfig]:
+    """A name -> definition dict that always holds ``default``.
+
+    Raises:
+        ConfigError: an entry is not a QueueConfig, or a mapping key differs from its name.
+    """
+    result: dict[str, QueueConfig] = {}
+    if queues is None:
+        items: list[QueueConfig] = []
+    elif isinstance(queues, Mapping):
+        items = []
+        for key, config in queues.items():
+            if not isinstance(config, QueueConfig) or key != config.name:
+                raise ConfigError(
+                    "queues must map each queue name to its QueueConfig", value=(key, config)
+                )
+            items.append(config)
+    else:
+        items = list(queues)
+    for config in items:
+        if not isinstance(config, QueueConfig):
+            raise ConfigError("queues must hold QueueConfig objects", value=config)
+        if config.name in result:
+            raise ConfigError("queue defined twice", path=config.source, value=config.name)
+        result[config.name] = config
+    result.setdefault("default", default_queue())
+    return result
+
+
+# --- the file reader ------------------------------------------------------------------------
+
+_TOP_KEYS = frozenset({"queue", "total_storage_limit", "application", "resume_paused_queues"})
+_QUEUE_KEYS = frozenset(
+    {
+        "name",
+        "rate",
+        "bucket_size",
+        "max_concurrent_requests",
+        "target",
+        "mode",
+        "retry_parameters",
+        "acl",
+    }
+)
+_RETRY_KEYS = frozenset(
+    {
+        "task_retry_limit",
+        "task_age_limit",
+        "min_backoff_seconds",
+        "max_backoff_seconds",
+        "max_doublings",
+    }
+)
+
+
+class _Reader:
+    """Walks the YAML node tree so every error can name its line."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.loader = yaml.SafeLoader(text)
+
+    def fail(self, message: str, node: yaml.Node | None, value: object = None) -> ConfigError:
+        line = None if node is None else node.start_mark.line + 1
+        return ConfigError(message, path=self.path, line=line, value=value)
+
+    def scalar(self, node: yaml.Node) -> object:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail("expected a single value", node)
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(f"{what} must be a mapping of keys to values", node)
+        pairs: list[tuple[str, yaml.Node, yaml.Node]] = []
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node)
+            if not isinstance(key, str):
+                raise self.fail(f"{what}: keys must be text", key_node, key)
+            if key in seen:
+                raise self.fail(f"{what}: key {key!r} appears twice", key_node, key)
+            seen.add(key)
+            pairs.append((key, key_node, value_node))
+        return pairs
+
+    def typed(
+        self, node: yaml.Node, key: str, check: Callable[[object], bool], expected: str
+    ) -> Any:
+        value = self.scalar(node)
+        if isinstance(value, bool) or not check(value):
+            raise self.fail(f"{key} must be {expected}", node, value)
+        return value
+
+    def read(self) -> dict[str, QueueConfig]:
+        try:
+            root = self.loader.get_single_node()
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = None if mark is None else mark.line + 1
+            raise ConfigError(f"not valid YAML: {exc}", path=self.path, line=line) from None
+        finally:
+            self.loader.dispose()
+        queues: dict[str, QueueConfig] = {}
+        if root is None:
+            return normalize_queues(queues)
+        for key, key_node, value_node in self.mapping(root, "queue.yaml"):
+            if key not in _TOP_KEYS:
+                raise self.fail(
+                    f"unknown key {key!r} (expected one of {', '.join(sorted(_TOP_KEYS))})",
+                    key_node,
+                    key,
+                )
+            if key == "queue":
+                if isinstance(value_node, yaml.ScalarNode) and self.scalar(value_node) is None:
+                    continue
+                if not isinstance(value_node, yaml.SequenceNode):
+                    raise self.fail("queue must be a list of queue definitions", value_node)
+                for entry in value_node.value:
+                    config = self.queue(entry)
+                    if config.name in queues:
+                        raise self.fail(
+                            f"queue {config.name!r} is defined twice", entry, config.name
+                        )
+                    queues[config.name] = config
+        return normalize_queues(queues)
+
+    def queue(self, node: yaml.Node) -> QueueConfig:
+        fields: dict[str, Any] = {}
+        name_given = False
+        for key, key_node, value_node in self.mapping(node, "queue entry"):
+            if key not in _QUEUE_KEYS:
+                raise self.fail(
+                    f"unknown queue key {key!r} (expected one of {', '.join(sorted(_QUEUE_KEYS))})",
+                    key_node,
+                    key,
+                )
+            if key == "name":
+                name = self.scalar(value_node)
+                if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
+                    raise self.fail("queue name must match ^[a-zA-Z0-9-]{1,100}$", value_node, name)
+                fields["name"] = name
+                name_given = True
+            elif key == "rate":
+                text = self.scalar(value_node)
+                try:
+                    fields["rate"] = parse_rate(str(text))
+                except ValueError as exc:
+                    raise self.fail(str(exc), value_node, text) from None
+            elif key == "bucket_size":
+                fields["bucket_size"] = self.typed(
+                    value_node,
+                    key,
+                    lambda v: isinstance(v, int) and 1 <= v <= MAX_BUCKET_SIZE,
+                    f"an integer from 1 to {MAX_BUCKET_SIZE}",
+                )
+            elif key == "max_concurrent_requests":
+                fields["max_concurrent_requests"] = self.typed(
+                    value_node, key, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"
+                )
+            elif key == "target":
+                target = self.scalar(value_node)
+                if not isinstance(target, str) or not _TARGET_RE.match(target):
+                    raise self.fail(
+                        "target must be service, version.service or instance.version.service",
+                        value_node,
+                        target,
+                    )
+                fields["target"] = target
+            elif key == "mode":
+                mode = self.scalar(value_node)
+                if mode not in ("push", "pull"):
+                    raise self.fail("mode must be push or pull", value_node, mode)
+                fields["mode"] = mode
+            elif key == "retry_parameters":
+                fields["retry_parameters"] = self.retry(value_node)
+            # "acl" applies to pull queues on App Engine only; accepted and ignored.
+        if not name_given:
+            raise self.fail("queue entry has no name", node)
+        try:
+            return QueueConfig(source=self.path, **fields)
+        except ConfigError as exc:
+            raise self.fail(exc.message, node, exc.value) from None
+
+    def retry(self, node: yaml.Node) -> RetryParameters:
+        values: dict[str, Any] = {}
+        for key, key_node, value_node in self.mapping(node, "retry_parameters"):
+            if key not in _RETRY_KEYS:
+                raise self.fail(
+                    f"unknown retry_parameters key {key!r} "
+                    f"(expected one of {', '.join(sorted(_RETRY_KEYS))})",
+                    key_node,
+                    key,
+                )
+            if key in ("task_retry_limit", "max_doublings"):
+                values[key] = self.typed(
+                    value_node, key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"
+                )
+            elif key == "task_age_limit":
+                text = self.scalar(value_node)
+                try:
+                    seconds = parse_duration(str(text))
+                except ValueError as exc:
+                    raise self.fail(f"task_age_limit: {exc}", value_node, text) from None
+                if seconds <= 0:
+                    raise self.fail("task_age_limit must be greater than zero", value_node, text)
+                values[key] = seconds
+            else:
+                values[key] = float(
+                    self.typed(
+                        value_node,
+                        key,
+                        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                        "a number of seconds >= 0",
+                    )
+                )
+        try:
+            return RetryParameters(**values)
+        except ConfigError as exc:
+            raise self.fail(exc.message, node, exc.value) from None
+
+
+def load_queue_yaml(path: str | Path) -> dict[str, QueueConfig]:
+    """Read a queue.yaml into queue definitions, name -> :class:`QueueConfig`.
+
+    The ``default`` queue is always present (5/s, bucket 5, unless the file redefines it).
+    Unknown keys, malformed rates (``5/x``), negative backoffs, a ``max_backoff_seconds`` below
+    ``min_backoff_seconds`` and the like raise :class:`~taskhandler.exceptions.ConfigError`
+    naming the file and line.
+
+    Args:
+        path: the queue.yaml file.
+    """
+    path_text = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read queue.yaml: {exc}", path=path_text) from None
+    return _Reader(path_text, text).read()
