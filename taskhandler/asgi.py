@@ -1,12 +1,667 @@
-"""``TaskMiddleware`` for ASGI (SPEC §1, §5-7). SEAM: being built; see the ASGI issue."""
+"""``TaskMiddleware`` for ASGI: the same decisions as the WSGI middleware over scope/receive/send.
+
+Task headers such as ``X-AppEngine-QueueName`` tell a handler the queue sent the
+request; any client can type them, so they are believed only from the queue's address
+(or a signed-in admin) and removed from every other request before the app sees it.
+The decision itself is :func:`taskhandler.pipeline.decide`, shared with the WSGI
+middleware; this module only reads the plain data it needs from the ASGI scope and
+applies the answer.
+
+ASGI specifics:
+
+- Header names arrive as bytes, possibly several entries per name, and underscore
+  spellings (``x_appengine_queuename``) arrive as names of their own. Names are compared
+  after ``lower().replace("_", "-")``; every copy of every spelling is removed from an
+  untrusted request, so nothing further in (an ASGI-to-WSGI bridge folding ``_`` into
+  ``-``, say) can bring one back. The caller's header list is never changed in place: the
+  scope gets a new list.
+- ``lifespan`` and ``websocket`` scopes pass through untouched.
+- The path the access rules see is ``scope["path"]``, the full request path the app
+  routes (it includes ``root_path``, as uvicorn and Starlette put it; ``root_path`` is
+  prepended for a server that keeps the two apart). A path whose raw bytes are not UTF-8
+  is refused with 400, as under WSGI.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from ._types import Receive, Scope, Send
+from werkzeug.http import parse_cookie
+
+from ._types import ASGIApplication, Message, Receive, Scope, Send
+from .access import Refusal
+from .config import AppConfig
+from .context import TaskContext, reset_current, set_current
+from .deadline import arm
+from .exceptions import PermanentTaskFailure, RetryTask
+from .headers import TASK_HEADER_PREFIXES
+from .outcome import (
+    OUTCOME_HEADER,
+    OUTCOME_HEADER_LOWER,
+    Result,
+    log_task,
+    outcome_for_status,
+    result_for_exception,
+)
+from .pipeline import (
+    AUTH_PAGE_PREFIX,
+    RequestState,
+    Settings,
+    decide,
+    make_settings,
+    refusal_body,
+    synthetic_context,
+)
+from .trust import Authenticator, RequestInfo, TrustPolicy
+
+__all__ = ["TaskMiddleware", "endpoint", "handle_asgi", "request_info", "request_path", "run_task"]
+
+log = logging.getLogger("taskhandler")
+
+STATE_KEY = "taskhandler.state"
+STRIPPED_KEY = "taskhandler.stripped"
+# Searched in "\n" + the joined header names, lower-cased, "_" spelled "-".
+_MARKERS = (b"\nx-appengine-", b"\nx-cloudtasks-")
+_OUTCOME_NAME = OUTCOME_HEADER_LOWER.encode("latin-1")
+_MAX_PAGE_BODY = 64 * 1024
+MAX_BODY = 1024 * 1024  # as handler.MAX_BODY: Cloud Tasks' limit
+# Extensions that let an app hand the body to the server directly: a buffered task
+# response cannot pass them on, so task requests do not advertise them.
+_SEND_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+_NOT_A_TASK = b"this URL only accepts task requests\n"
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+def _norm(name: bytes) -> str:
+    return name.decode("latin-1").lower().replace("_", "-")
+
+
+def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
+    """``lower-case name -> value`` over ASGI headers; copies joined with ``,`` as WSGI servers do.
+
+    Underscore spellings count as the dash spelling, as they do in a WSGI environ. The
+    names are normalised on the first look-up only (strict trust without proxies never looks).
+    """
+    pairs: list[tuple[str, bytes]] | None = None
+
+    def header(name: str) -> str | None:
+        nonlocal pairs
+        if pairs is None:
+            pairs = [(_norm(key), value) for key, value in headers]
+        found = [_text(value) for key, value in pairs if key == name]
+        return ",".join(found) if found else None
+
+    return header
+
+
+def _host(scope: Scope) -> str:
+    """The ``Host`` the client asked for, else the server's name and port."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"host" and value:
+            return _text(value)
+    server = scope.get("server")
+    if not server:
+        return "localhost"
+    name, port = server[0], server[1]
+    if port is None:
+        return str(name)
+    default = 443 if scope.get("scheme") in ("https", "wss") else 80
+    return str(name) if int(port) == default else f"{name}:{port}"
+
+
+def request_path(scope: Scope) -> str | Refusal:
+    """The full request path of an ASGI request as text, or a 400 :class:`Refusal`.
+
+    ``scope["path"]`` already holds the percent-decoded path the app routes, including
+    ``root_path`` (uvicorn, Starlette); for a server that keeps ``root_path`` apart it is
+    prepended. Servers decode undecodable bytes to U+FFFD, which would let two different
+    URLs look alike, so when one appears ``raw_path`` is decoded strictly: not UTF-8 -> 400,
+    the same answer the WSGI middleware gives.
+
+    Example::
+
+        >>> request_path({"path": "/tasks/t\\u00e2che", "root_path": ""})
+        '/tasks/tâche'
+    """
+    path = scope.get("path")
+    if not isinstance(path, str):
+        return Refusal(400, "request path is missing")
+    root = scope.get("root_path") or ""
+    if root and not path.startswith(root):
+        path = root + path
+    if "\ufffd" in path:
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes):
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                return Refusal(400, "request path is not valid UTF-8")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Refusal(400, "request path is not valid UTF-8")
+    return path
+
+
+def _app_path(scope: Scope) -> str:
+    """The path below ``root_path`` (``PATH_INFO`` in WSGI terms)."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The protocol-neutral view of an ASGI request (for authenticators)."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = _norm(name)
+        text = _text(value)
+        headers[key] = text if key not in headers else f"{headers[key]}, {text}"
+    path = request_path(scope)
+    client = scope.get("client")
+    return RequestInfo(
+        method=scope.get("method", "GET"),
+        scheme=scope.get("scheme", "http"),
+        host=_host(scope),
+        path=path if isinstance(path, str) else "/",
+        query_string=_text(scope.get("query_string", b"")),
+        headers=headers,
+        cookies=dict(parse_cookie(headers.get("cookie", ""))),
+        client=client[0] if client else None,
+    )
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` when it is larger than ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message.get("type")
+        if kind == "http.disconnect":
+            raise ConnectionError("the client disconnected while sending the body")
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` back once, then defers to the server's."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+class TaskMiddleware:
+    """Trust, strip, protect, describe, time and answer task requests for an ASGI app.
+
+    The same keywords and the same decisions as :class:`taskhandler.wsgi.TaskMiddleware`.
+
+    Args:
+        app: the ASGI application to wrap (Starlette, FastAPI, any ASGI 3 app).
+        trust: who may send task headers (default: the queue's address 0.1.0.2 only).
+        config: access rules and task deadline, e.g. ``load_app_yaml("app.yaml")``.
+        authenticator: ``RequestInfo -> User | None``; admins may send task headers and
+            pass ``login: admin``.
+        deadline: task deadline in seconds (overrides the config's; default 600).
+        grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
+
+    Per request it puts ``scope["taskhandler.state"]`` (a ``RequestState``) and, for a
+    stripped request, ``scope["taskhandler.stripped"]`` (the lower-case, dash-spelled names
+    removed).
+
+    Example::
+
+        app = Starlette(routes=[Route("/tasks/count", update_counter, methods=["POST"])])
+        app = TaskMiddleware(app, config=load_app_yaml("app.yaml"))
+    """
+
+    def __init__(
+        self,
+        app: ASGIApplication,
+        *,
+        trust: TrustPolicy | None = None,
+        config: AppConfig | None = None,
+        authenticator: Authenticator | None = None,
+        deadline: float | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.app = app
+        self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
+        self._plain_fast = (
+            not self.settings.rules
+            and self.settings.trust.mode != "development"
+            and not self.settings.serves_pages
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
+            return
+        settings = self.settings
+        state = RequestState(settings, request_info, scope)
+        scope[STATE_KEY] = state
+        headers = scope["headers"]
+        names = b"\n" + b"\n".join([header[0] for header in headers]).lower().replace(b"_", b"-")
+        if _MARKERS[0] not in names and _MARKERS[1] not in names:
+            if self._plain_fast:
+                await self.app(scope, receive, send)  # the common case: nothing to decide
+                return
+            task_headers: dict[str, str] = {}
+            stripped: list[str] = []
+            kept = headers
+        else:
+            task_headers = {}
+            stripped = []
+            kept = []
+            for pair in headers:
+                key = _norm(pair[0])
+                if key.startswith(TASK_HEADER_PREFIXES):
+                    text = _text(pair[1])
+                    if key in task_headers:
+                        task_headers[key] = f"{task_headers[key]},{text}"
+                    else:
+                        task_headers[key] = text
+                        stripped.append(key)
+                else:
+                    kept.append(pair)
+
+        if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
+            go_on = await self._auth_page(scope, receive, send, state)
+            if go_on is None:
+                return
+            receive = go_on
+
+        decision = decide(
+            state,
+            peer=scope["client"][0] if scope.get("client") else None,
+            task_headers=task_headers,
+            header=_header_lookup(headers),
+            path=lambda: request_path(scope),
+            scheme=scope.get("scheme", "http"),
+            host=_host(scope),
+            query_string=_text(scope.get("query_string", b"")),
+        )
+        if decision.strip:
+            scope["headers"] = kept  # a new list: the caller's is left as it was
+            scope[STRIPPED_KEY] = stripped
+            state.stripped = tuple(stripped)
+        if decision.refusal is not None:
+            extra, body = refusal_body(decision.refusal)
+            await _respond(send, decision.refusal.status, extra, body)
+            return
+        if decision.context is None:
+            await self.app(scope, receive, send)
+            return
+        await run_task(self.app, scope, receive, send, decision.context, settings)
+
+    async def _auth_page(
+        self, scope: Scope, receive: Receive, send: Send, state: RequestState
+    ) -> Receive | None:
+        """Serve the authenticator's sign-in/out page; the ``receive`` to go on with, or None."""
+        serve = getattr(self.settings.authenticator, "serve", None)
+        if serve is None:
+            return receive
+        body = await _read_all(receive, _MAX_PAGE_BODY)
+        if body is None:
+            extra, text = refusal_body(Refusal(400, "bad or too large request body"))
+            await _respond(send, 400, extra, text)
+            return None
+        page = serve(state.request_info(), body)
+        if page is None:
+            return _replay(body, receive)
+        await _respond(send, page.status, list(page.headers), page.body)
+        return None
+
+
+async def run_task(
+    app: ASGIApplication,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    ctx: TaskContext,
+    settings: Settings,
+) -> None:
+    """Run ``app`` as a task request: current task, deadline armed, outcome mapped, one log record.
+
+    The response is buffered until the app returns (the queue reads only the status), so
+    that the deadline covers all of it and a failure at any point still becomes a clean 500.
+    """
+    start: list[Message] = []
+    rest: list[Message] = []
+
+    async def capture(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if start:
+                raise RuntimeError("http.response.start sent twice")
+            start.append(message)
+        elif not start:
+            raise RuntimeError(f"{message['type']} sent before http.response.start")
+        else:
+            rest.append(message)
+
+    extensions = scope.get("extensions")
+    if extensions and any(name in extensions for name in _SEND_EXTENSIONS):
+        scope["extensions"] = {k: v for k, v in extensions.items() if k not in _SEND_EXTENSIONS}
+
+    token = set_current(ctx)
+    started = time.perf_counter()
+    result: Result | None = None
+    armed = arm(settings.deadline, settings.grace)
+    ctx.__pydantic_private__["_deadline"] = armed  # type: ignore[index]
+    try:
+        try:
+            await app(scope, receive, capture)
+        finally:
+            armed.disarm()
+        if not start:
+            raise RuntimeError("the application returned without sending a response")
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        result = result_for_exception(exc)
+        log.error(
+            "task %s/%s raised %s", ctx.queue_name, ctx.task_name, type(exc).__name__, exc_info=exc
+        )
+    finally:
+        reset_current(token)
+    path = request_path(scope)
+    path_text = path if isinstance(path, str) else str(scope.get("path", ""))
+    duration = time.perf_counter() - started
+
+    if result is None and armed.overran():
+        result = Result(500, "deadline-exceeded", "the handler ran past its deadline")
+        log.error("task %s/%s ran past its deadline", ctx.queue_name, ctx.task_name)
+    if result is not None:
+        log_task(ctx, result.status, result.outcome, duration, path_text, result.reason)
+        await _plain(send, result)
+        return
+
+    message = start[0]
+    status = int(message.get("status", 500))
+    headers = list(message.get("headers", ()))
+    outcome: str | None = None
+    for name, value in headers:
+        if name.lower() == _OUTCOME_NAME:
+            outcome = _text(value)
+            break
+    if outcome is None:
+        outcome = outcome_for_status(status)
+        headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
+    log_task(ctx, status, outcome, duration, path_text)
+    await send({**message, "headers": headers})
+    body = [m for m in rest if m["type"] == "http.response.body"]
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"".join(m.get("body", b"") for m in body),
+            "more_body": any(m["type"] != "http.response.body" for m in rest),
+        }
+    )
+    for other in rest:
+        if other["type"] != "http.response.body":
+            await send(other)  # trailers and the like, after the body
+
+
+async def _plain(send: Send, result: Result) -> None:
+    body = f"{result.outcome}\n".encode()
+    await _respond(
+        send,
+        result.status,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            (OUTCOME_HEADER, result.outcome),
+        ],
+        body,
+    )
+
+
+# -- @task_handler on async def functions --------------------------------------------------
 
 
 async def handle_asgi(handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    """Serve an ``async def`` task handler as an ASGI application (not built yet)."""
-    raise NotImplementedError("async task handlers arrive with the ASGI middleware")
+    """Serve a :class:`taskhandler.handler.TaskHandler` as an ASGI application.
+
+    Behind a ``TaskMiddleware`` it uses the middleware's decision; on its own it applies
+    the handler's ``trust=``/``config=`` options through a middleware of its own.
+    ``lifespan`` is answered (nothing to start); a websocket is closed.
+    """
+    kind = scope["type"]
+    if kind == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if kind != "http":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    if isinstance(scope.get(STATE_KEY), RequestState):
+        await _gate(handler, scope, receive, send)
+        return
+    standalone = handler.__dict__.get("_asgi_standalone")
+    if standalone is None:
+        standalone = TaskMiddleware(functools.partial(_gate, handler), **handler._options)
+        handler.__dict__["_asgi_standalone"] = standalone
+    await standalone(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _gate(handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a request that is not a trusted task; give an admin a synthetic context."""
+    state: RequestState = scope[STATE_KEY]
+    if state.context is not None:
+        await _run(handler, state.context, scope, receive, send)
+        return
+    if state.trusted_by == "development" or state.is_admin():
+        ctx = synthetic_context(
+            "development" if state.trusted_by == "development" else "admin",
+            f"manual-{uuid.uuid4().hex}",
+        )
+        state.context = ctx
+        await run_task(
+            functools.partial(_run, handler, ctx), scope, receive, send, ctx, state.settings
+        )
+        return
+    log.warning(
+        "task handler %s refused a request that is not a task",
+        getattr(handler.func, "__qualname__", handler.func),
+    )
+    await _respond(
+        send,
+        403,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(_NOT_A_TASK))),
+            (OUTCOME_HEADER, "rejected"),
+        ],
+        _NOT_A_TASK,
+    )
+
+
+async def _run(handler: Any, ctx: TaskContext, scope: Scope, receive: Receive, send: Send) -> None:
+    from .handler import PayloadError, finish, parse_payload, render
+
+    try:
+        args: tuple[Any, ...] = (ctx,)
+        if handler.payload is not None:
+            header = _header_lookup(scope["headers"])
+            try:
+                length = int(header("content-length") or 0)
+            except ValueError:
+                raise PayloadError("bad Content-Length") from None
+            body = None if length > MAX_BODY else await _read_all(receive, MAX_BODY)
+            if body is None:
+                raise PayloadError(f"body larger than {MAX_BODY} bytes")
+            args = (
+                ctx,
+                parse_payload(
+                    handler.payload,
+                    scope.get("method", "GET"),
+                    header("content-type") or "",
+                    body,
+                    _text(scope.get("query_string", b"")),
+                ),
+            )
+        if handler.is_async:
+            value = await handler.func(*args)
+        else:
+            # A plain function would block the event loop: it runs in a worker thread,
+            # with this context (current_task()) copied into it.
+            value = await asyncio.to_thread(handler.func, *args)
+        rendered = render(value)
+    except PayloadError as exc:
+        await _plain(send, finish(handler, ctx, PermanentTaskFailure(str(exc))))
+        return
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, Exception) and not isinstance(exc, RetryTask | PermanentTaskFailure):
+            log.error("task %s/%s raised", ctx.queue_name, ctx.task_name, exc_info=exc)
+        await _plain(send, finish(handler, ctx, exc))
+        return
+    if not callable(rendered):
+        status, headers, body = rendered
+        await _respond(
+            send,
+            status,
+            [
+                *headers,
+                ("Content-Length", str(len(body))),
+                (OUTCOME_HEADER, outcome_for_status(status)),
+            ],
+            body,
+        )
+        return
+    response: Any = rendered
+    if inspect.iscoroutinefunction(type(response).__call__):
+        await response(scope, receive, _with_outcome(send))  # a Starlette/FastAPI response
+        return
+    await _send_wsgi_response(response, scope, send)
+
+
+def _with_outcome(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == _OUTCOME_NAME for name, _ in headers):
+                outcome = outcome_for_status(int(message["status"]))
+                headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
+
+
+async def _send_wsgi_response(response: Any, scope: Scope, send: Send) -> None:
+    """Send a werkzeug/webob response object (a WSGI app) an async handler returned."""
+    captured: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured[:] = [status, headers]
+        return lambda data: None
+
+    environ = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": _app_path(scope),
+        "QUERY_STRING": _text(scope.get("query_string", b"")),
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+    }
+    chunks = response(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    status = int(str(captured[0]).split(" ", 1)[0])
+    headers = [(n, v) for n, v in captured[1] if n.lower() != OUTCOME_HEADER_LOWER]
+    outcome = next(
+        (v for n, v in captured[1] if n.lower() == OUTCOME_HEADER_LOWER),
+        outcome_for_status(status),
+    )
+    await _respond(send, status, [*headers, (OUTCOME_HEADER, outcome)], body)
+
+
+def endpoint(handler: Any) -> Callable[..., Any]:
+    """Adapt a task handler to a framework route that calls ``endpoint(request)``.
+
+    Starlette and FastAPI take a ``@task_handler`` object as an ASGI app directly
+    (``Route("/tasks/x", handler)``, ``app.add_route("/tasks/x", handler, methods=["POST"])``).
+    FastAPI's own decorators (``@app.post``, ``add_api_route``) instead inspect the function's
+    parameters and call it with them; for those, register ``endpoint(handler)``, which takes
+    only the ``Request`` and answers with the handler's response (so FastAPI reads nothing
+    of the body itself and the handler's ``payload=`` model does the validation).
+
+    Example::
+
+        api.add_api_route("/tasks/count", endpoint(update_counter), methods=["POST"])
+    """
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    class HandlerResponse(Response):
+        """A response whose sending runs the task handler over the request's own channel."""
+
+        def __init__(self) -> None:
+            super().__init__()
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await handle_asgi(handler, scope, receive, send)
+
+    async def run(request: Request) -> Response:
+        return HandlerResponse()
+
+    # Real classes, not the strings of postponed annotations: frameworks resolve these
+    # against the module globals, where the lazily imported names do not live.
+    run.__annotations__ = {"request": Request, "return": Response}
+    run.__name__ = run.__qualname__ = getattr(handler, "__name__", "task_endpoint")
+    run.__doc__ = getattr(handler, "__doc__", None)
+    return run
