@@ -294,6 +294,9 @@ class TaskHandler(Generic[F]):
         try:
             args = self._arguments(ctx, environ)
             value = self.func(*args) if bound is None else self.func(bound, *args)
+            if value is None and bound is not None:
+                # A webapp2-style method writes into self.response (status included).
+                value = getattr(bound, "response", None)
             if inspect.isawaitable(value):
                 close = getattr(value, "close", None)
                 if close is not None:
@@ -349,13 +352,11 @@ class TaskHandler(Generic[F]):
             if close is not None:
                 close()
         response.status = captured[0]
-        for name, value in captured[1]:
-            if name.lower() == "content-length":
-                continue
-            if name.lower() == "content-type":
-                response.content_type = value.split(";", 1)[0]
-                continue
-            response.headers[name] = value
+        # Replace the list whole: assigning header by header would keep only the last of
+        # repeated headers such as Set-Cookie.
+        response.headerlist = [
+            (name, value) for name, value in captured[1] if name.lower() != "content-length"
+        ]
         response.body = body
 
     def _flask_view(self, **_route_args: Any) -> Any:
