@@ -15,9 +15,12 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .oidc import OIDCVerifier
 
 __all__ = ["Authenticator", "RequestInfo", "TrustPolicy", "TrustedBy", "User"]
 
@@ -157,13 +160,16 @@ class TrustPolicy:
     Args:
         queue_sources: IPs or CIDRs of the queue. A malformed entry raises ``ConfigError``.
         trusted_proxies: CIDRs of proxies whose ``X-Forwarded-For`` is believed.
+        oidc: an :class:`~taskhandler.oidc.OIDCVerifier`: a request from any other address
+            is from the queue when its ``Authorization: Bearer`` ID token verifies (Cloud
+            Tasks HTTP targets on Cloud Run, GKE, a VM).
 
     Example::
 
         TrustPolicy(queue_sources=["10.8.0.0/24"], trusted_proxies=["127.0.0.1"])
     """
 
-    __slots__ = ("mode", "queue_sources", "trusted_proxies")
+    __slots__ = ("mode", "oidc", "queue_sources", "trusted_proxies")
 
     mode: TrustMode
 
@@ -171,10 +177,15 @@ class TrustPolicy:
         self,
         queue_sources: Iterable[str] = ("0.1.0.2",),
         trusted_proxies: Iterable[str] = (),
+        *,
+        oidc: OIDCVerifier | None = None,
     ) -> None:
         self.mode = "strict"
         self.queue_sources = _AddressSet(queue_sources, "queue_sources")
         self.trusted_proxies = _AddressSet(trusted_proxies, "trusted_proxies")
+        if oidc is not None and not callable(getattr(oidc, "verifies", None)):
+            raise ConfigError("oidc must be an OIDCVerifier", value=oidc)
+        self.oidc = oidc
 
     @classmethod
     def app_engine(cls, queue_sources: Iterable[str] = ("0.1.0.2",)) -> TrustPolicy:
@@ -204,7 +215,9 @@ class TrustPolicy:
             return f"TrustPolicy.{self.mode}()"
         return (
             f"TrustPolicy(queue_sources={self.queue_sources!r}, "
-            f"trusted_proxies={self.trusted_proxies!r})"
+            f"trusted_proxies={self.trusted_proxies!r}"
+            + ("" if self.oidc is None else f", oidc={self.oidc!r}")
+            + ")"
         )
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
@@ -234,7 +247,11 @@ class TrustPolicy:
         if mode == "strict":
             if self.trusted_proxies:
                 peer = self.client_address(peer, header("x-forwarded-for"))
-            return "queue" if peer in self.queue_sources else None
+            if peer in self.queue_sources:
+                return "queue"
+            if self.oidc is not None and self.oidc.verifies(header("authorization")):
+                return "queue"
+            return None
         if mode == "development":
             return "development"
         user_ip = header("x-appengine-user-ip")
