@@ -395,9 +395,14 @@ def test_transaction_commits_on_success(queue: LocalTaskQueue) -> None:
 
 def test_transaction_rolls_back_on_error(queue: LocalTaskQueue) -> None:
     """When the block raises, none of its transactional tasks is stored."""
-    with pytest.raises(RuntimeError), taskqueue.transaction():
-        taskqueue.add(url="/a", transactional=True)
-        raise RuntimeError("rolled back")
+
+    def block() -> None:
+        with taskqueue.transaction():
+            taskqueue.add(url="/a", transactional=True)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        block()
     assert queue.tasks() == []
 
 
