@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 
+from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from .config import AppConfig
 from .context import TaskContext, current_task
 from .exceptions import ConfigError, PermanentTaskFailure, RetryTask
@@ -33,7 +34,6 @@ from .outcome import (
 )
 from .pipeline import RequestState, synthetic_context
 from .trust import Authenticator, TrustPolicy
-from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["TaskHandler", "task_handler"]
 
@@ -290,7 +290,7 @@ class TaskHandler(Generic[F]):
         self, environ: WSGIEnvironment, start_response: StartResponse, bound: Any = None
     ) -> Iterable[bytes]:
         ctx = current_task()
-        assert ctx is not None  # noqa: S101 - run_task or the middleware set it
+        assert ctx is not None
         try:
             args = self._arguments(ctx, environ)
             value = self.func(*args) if bound is None else self.func(bound, *args)

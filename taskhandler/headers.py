@@ -130,12 +130,18 @@ def format_eta(eta: datetime) -> str:
     return f"{whole}.{delta.microseconds:06d}"
 
 
-# lower-case header name (either family) -> (field, canonical spelling)
+# header name -> (field, canonical spelling), for the lower-case dash spelling and for the
+# WSGI environ key spelling (HTTP_X_APPENGINE_QUEUENAME), so WSGI needs no renaming pass.
 _FIELD_OF: dict[str, tuple[str, str]] = {}
 for _field, _suffix in FIELD_SUFFIXES.items():
-    _FIELD_OF["x-appengine-" + _suffix.lower()] = (_field, APPENGINE + _suffix)
-    if _field != "fail_fast":
-        _FIELD_OF["x-cloudtasks-" + _suffix.lower()] = (_field, CLOUDTASKS + _suffix)
+    for _prefix, _family in (("x-appengine-", APPENGINE), ("x-cloudtasks-", CLOUDTASKS)):
+        if _field == "fail_fast" and _family == CLOUDTASKS:
+            continue
+        _lower = _prefix + _suffix.lower()
+        _FIELD_OF[_lower] = _FIELD_OF["HTTP_" + _lower.upper().replace("-", "_")] = (
+            _field,
+            _family + _suffix,
+        )
 TASK_FIELD_NAMES = frozenset(_FIELD_OF)
 
 
@@ -161,7 +167,8 @@ def parse_task_fields(values: Mapping[str, str]) -> dict[str, Any]:
     """Parse normalised task headers into ``TaskContext`` field values.
 
     Args:
-        values: lower-case, dash-spelled header name -> value (see :func:`collect`).
+        values: header name -> value, names either lower-case dash-spelled (see
+            :func:`collect`) or WSGI environ keys (``HTTP_X_APPENGINE_QUEUENAME``).
 
     Raises:
         InvalidTaskHeaders: naming the header and the bad value.

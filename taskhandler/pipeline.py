@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from . import access
 from .access import Refusal
@@ -94,30 +95,36 @@ def make_settings(
 class RequestState:
     """Per-request facts the middleware decided, for handlers further in.
 
-    Stored under ``environ["taskhandler.state"]`` / ``scope["taskhandler.state"]``.
+    Stored under ``environ["taskhandler.state"]`` / ``scope["taskhandler.state"]``. Built
+    for every request, so construction is two assignments; the rest are class defaults.
     """
 
-    __slots__ = ("_info", "_user", "_user_known", "context", "settings", "stripped", "trusted_by")
+    trusted_by: TrustedBy | None = None
+    context: TaskContext | None = None
+    stripped: tuple[str, ...] = ()
+    _user: User | None = None
+    _user_known = False
 
-    def __init__(self, settings: Settings, info: Callable[[], RequestInfo]) -> None:
+    def __init__(
+        self, settings: Settings, info: Callable[..., RequestInfo], source: Any = None
+    ) -> None:
+        """``info(source)`` (or ``info()`` without a source) builds the RequestInfo on demand."""
         self.settings = settings
         self._info = info
-        self._user: User | None = None
-        self._user_known = False
-        self.trusted_by: TrustedBy | None = None
-        self.context: TaskContext | None = None
-        self.stripped: tuple[str, ...] = ()
+        self._source = source
 
     def request_info(self) -> RequestInfo:
         """The neutral view of the request (built on demand)."""
-        return self._info()
+        if self._source is None:
+            return self._info()
+        return self._info(self._source)
 
     def user(self) -> User | None:
         """Who the authenticator says the user is; asked at most once per request."""
         if not self._user_known:
             self._user_known = True
             authenticator = self.settings.authenticator
-            self._user = None if authenticator is None else authenticator(self._info())
+            self._user = None if authenticator is None else authenticator(self.request_info())
         return self._user
 
     def is_admin(self) -> bool:
@@ -142,7 +149,7 @@ def decide(
     state: RequestState,
     *,
     peer: str | None,
-    task_headers: Mapping[str, str],
+    task_headers: Mapping[str, str] | Callable[[], Mapping[str, str]],
     header: Callable[[str], str | None],
     path: str | Refusal | Callable[[], str | Refusal],
     scheme: str,
@@ -154,8 +161,10 @@ def decide(
     Args:
         state: this request's state (settings, lazy user); updated with the decision.
         peer: the immediate peer address.
-        task_headers: every ``X-AppEngine-*``/``X-CloudTasks-*`` header, by lower-case,
-            dash-spelled name, several copies joined with ``,``.
+        task_headers: every ``X-AppEngine-*``/``X-CloudTasks-*`` header, by lower-case
+            dash-spelled name or by WSGI environ key, several copies joined with ``,``; or a
+            callable producing them (called only when the request may be trusted, so a
+            spoofed request costs no parsing).
         header: looks up any other request header by lower-case name.
         path: the decoded request path, a refusal for an undecodable one, or a callable
             producing either (only called when access rules exist).
@@ -163,7 +172,7 @@ def decide(
     settings = state.settings
     trusted_by: TrustedBy | None = None
     strip = False
-    if task_headers:
+    if callable(task_headers) or task_headers:
         trusted_by = settings.trust.source(peer, header)
         if trusted_by is None and settings.authenticator is not None and state.is_admin():
             trusted_by = "admin"
@@ -173,10 +182,13 @@ def decide(
     state.trusted_by = trusted_by
 
     context: TaskContext | None = None
-    if not strip and not TASK_FIELD_NAMES.isdisjoint(task_headers):
-        assert trusted_by is not None
+    values: Mapping[str, str] = {}
+    if not strip:
+        values = task_headers() if callable(task_headers) else task_headers
+    if values and not TASK_FIELD_NAMES.isdisjoint(values):
+        assert trusted_by is not None  # narrowing: not stripped means trusted
         try:
-            context = TaskContext._from_parsed(parse_task_fields(task_headers), trusted_by)
+            context = TaskContext._from_parsed(parse_task_fields(values), trusted_by)
         except InvalidTaskHeaders as exc:
             return Decision(Refusal(400, str(exc)), strip, trusted_by, None)
     state.context = context

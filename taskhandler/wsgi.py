@@ -7,7 +7,9 @@ request; any client can type them, so they are believed only from the queue's ad
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -73,6 +75,24 @@ def _host(environ: WSGIEnvironment) -> str:
     return name if port in ("", default) else f"{name}:{port}"
 
 
+@functools.lru_cache(maxsize=256)
+def _header_name(key: str) -> str:
+    """``HTTP_X_APPENGINE_QUEUENAME`` -> ``x-appengine-queuename``, as stripped names are kept."""
+    return key[5:].lower().replace("_", "-")
+
+
+_TASK_KEY_RE = re.compile(r"\n(HTTP_X_(?:APPENGINE|CLOUDTASKS)_[^\n]*)")
+
+
+def _task_keys(environ: WSGIEnvironment, joined: str, upper: str) -> tuple[list[str], list[str]]:
+    """The environ keys of task headers and their upper-case spelling, found in the joined names."""
+    names: list[str] = _TASK_KEY_RE.findall(upper)
+    if all(map(environ.__contains__, names)):  # PEP 3333 keys are upper case: the usual road
+        return names, names
+    keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
+    return keys, [key.upper() for key in keys]
+
+
 def _respond(
     start_response: StartResponse, status: int, headers: list[tuple[str, str]], body: bytes
 ) -> list[bytes]:
@@ -113,23 +133,25 @@ class TaskMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         settings = self.settings
-        state = RequestState(settings, lambda: request_info(environ))
+        state = RequestState(settings, request_info, environ)
         environ[STATE_KEY] = state
-        keys = "\n" + "\n".join(environ).upper()
-        if _MARKERS[0] not in keys and _MARKERS[1] not in keys:
-            if self._plain_fast and not settings.serves_pages:
+        # One C-level pass over the joined key names finds every task header key (any case).
+        joined = "\n" + "\n".join(environ)
+        upper = joined.upper()
+        if _MARKERS[0] not in upper and _MARKERS[1] not in upper:
+            if self._plain_fast:
                 return self.app(environ, start_response)  # the common case: nothing to decide
             task_keys: list[str] = []
-            task_headers: dict[str, str] = {}
+            names: list[str] = []
         else:
-            task_keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
-            task_headers = {}
-            for key in task_keys:
-                name = key[5:].lower().replace("_", "-")
+            task_keys, names = _task_keys(environ, joined, upper)
+
+        def task_headers() -> dict[str, str]:
+            values: dict[str, str] = {}
+            for key, name in zip(task_keys, names, strict=True):
                 value = environ[key]
-                task_headers[name] = (
-                    value if name not in task_headers else f"{task_headers[name]},{value}"
-                )
+                values[name] = value if name not in values else f"{values[name]},{value}"
+            return values
 
         if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
             page = self._auth_page(environ, state)
@@ -139,21 +161,21 @@ class TaskMiddleware:
         decision = decide(
             state,
             peer=environ.get("REMOTE_ADDR"),
-            task_headers=task_headers,
+            task_headers=task_headers if task_keys else {},
             header=lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
             path=lambda: request_path_wsgi(
                 environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", "")
             ),
             scheme=environ.get("wsgi.url_scheme", "http"),
-            host=_host(environ),
+            host=environ.get("HTTP_HOST") or _host(environ),
             query_string=environ.get("QUERY_STRING", ""),
         )
         if decision.strip:
-            stripped = tuple(dict.fromkeys(key[5:].lower().replace("_", "-") for key in task_keys))
+            stripped = [_header_name(key) for key in task_keys]
             for key in task_keys:
                 del environ[key]
-            environ[STRIPPED_KEY] = list(stripped)
-            state.stripped = stripped
+            environ[STRIPPED_KEY] = stripped
+            state.stripped = tuple(stripped)
         if decision.refusal is not None:
             headers, body = refusal_body(decision.refusal)
             return _respond(start_response, decision.refusal.status, headers, body)

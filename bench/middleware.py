@@ -1,0 +1,110 @@
+"""Per-request cost TaskMiddleware adds over a bare WSGI app, next to App Engine's own middleware.
+
+Run: ``python bench/middleware.py`` (needs the ``bench`` extra: ``pip install -e '.[bench]'``).
+
+Three requests, each measured in the same run against the same bare app:
+  (a) plain     - an ordinary request, no task headers
+  (b) spoofed   - an untrusted peer sending five X-AppEngine-* headers (all stripped)
+  (c) trusted   - a task request from 0.1.0.2 (context parsed, deadline armed, outcome mapped)
+
+The figure that matters is the ratio of added costs: (ours - bare) / (App Engine's - bare).
+Targets: (a) <= 0.10, (b) <= 0.20, (c) <= 0.35. The per-request log record is at INFO; like
+App Engine's middleware, the benchmark runs with INFO logging off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+from taskhandler import TaskMiddleware
+
+TARGETS = {"plain": 0.10, "spoofed": 0.20, "trusted": 0.35}
+
+
+def bare(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def base_environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/tasks/update", "QUERY_STRING": "",
+        "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(), "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "REMOTE_ADDR": "203.0.113.9", "REMOTE_PORT": "51234",
+        "HTTP_HOST": "localhost:8080", "HTTP_USER_AGENT": "AppEngine-Google; (+http://code.google.com/appengine)",
+        "HTTP_ACCEPT": "*/*", "HTTP_ACCEPT_ENCODING": "gzip", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": "0",
+    }
+
+
+TASK_HEADERS = {
+    "HTTP_X_APPENGINE_QUEUENAME": "default",
+    "HTTP_X_APPENGINE_TASKNAME": "5367207459041289040",
+    "HTTP_X_APPENGINE_TASKRETRYCOUNT": "0",
+    "HTTP_X_APPENGINE_TASKEXECUTIONCOUNT": "0",
+    "HTTP_X_APPENGINE_TASKETA": "1700000000.123456",
+}
+
+
+def cases() -> dict[str, dict[str, Any]]:
+    plain = base_environ()
+    spoofed = {**base_environ(), **TASK_HEADERS}
+    trusted = {**base_environ(), **TASK_HEADERS, "REMOTE_ADDR": "0.1.0.2"}
+    return {"plain": plain, "spoofed": spoofed, "trusted": trusted}
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def per_request(app: Any, environ: dict[str, Any], number: int, repeat: int) -> float:
+    """Best-of-``repeat`` seconds per request (a fresh environ copy each call, as servers do)."""
+
+    def once() -> None:
+        body = app(dict(environ), _start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+    timer = timeit.Timer(once)
+    return min(timer.repeat(repeat=repeat, number=number)) / number
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    try:
+        from google.appengine.api import wrap_wsgi_app
+    except ImportError:
+        print("App Engine's middleware is missing: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+
+    apps = {"bare": bare, "taskhandler": TaskMiddleware(bare), "app engine": wrap_wsgi_app(bare)}
+    print(f"{'request':<10}{'bare µs':>10}{'+taskhandler µs':>17}{'+app engine µs':>16}"
+          f"{'ratio':>8}{'target':>8}")
+    ok = True
+    for name, environ in cases().items():
+        t = {label: per_request(app, environ, args.number, args.repeat) for label, app in apps.items()}
+        ours = t["taskhandler"] - t["bare"]
+        theirs = t["app engine"] - t["bare"]
+        ratio = ours / theirs
+        ok &= ratio <= TARGETS[name]
+        print(f"{name:<10}{t['bare'] * 1e6:>10.2f}{ours * 1e6:>17.2f}{theirs * 1e6:>16.2f}"
+              f"{ratio:>8.3f}{TARGETS[name]:>8.2f}")
+    print("all targets met" if ok else "some targets missed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
