@@ -52,6 +52,10 @@ def file_kind(path: str) -> str:
     return "app.yaml"
 
 
+# Patterns that match every path, so nothing after them is ever consulted.
+_CATCH_ALL = frozenset({".*", "/.*", "(?:/.*)?", "/(.*)", "(.*)"})
+
+
 def _deadline_text(seconds: float) -> str:
     text = f"{seconds:g} s"
     if seconds >= 3600 and seconds % 3600 == 0:
@@ -84,6 +88,14 @@ def describe_access(config: AppConfig) -> str:
                 cell.ljust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
             ]
             lines.append("  " + "  ".join(cells).rstrip())
+        catch_all = next(
+            (i for i, rule in enumerate(config.rules, 1) if rule.url in _CATCH_ALL), None
+        )
+        if catch_all is not None and catch_all < len(config.rules):
+            lines.append(
+                f"note: rules after #{catch_all} never match: "
+                f"#{catch_all} matches every path first."
+            )
     else:
         lines.append("access rules: none (no URL is restricted)")
     return "\n".join(lines)
@@ -116,8 +128,8 @@ def run_check(files: list[str]) -> str:
                 text.append(f"entrypoint: {config.entrypoint}")
         else:
             text.append(
-                f"task deadline: {_deadline_text(config.task_deadline)} "
-                "(automatic scaling; web.xml does not set scaling)"
+                f"task deadline: {_deadline_text(config.task_deadline)}, automatic scaling "
+                "(web.xml does not set scaling)"
             )
         sections.append("\n".join(text))
     return "\n\n".join(sections)
