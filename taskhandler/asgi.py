@@ -40,7 +40,7 @@ from ._types import ASGIApplication, Message, Receive, Scope, Send
 from .access import Refusal
 from .config import AppConfig
 from .context import TaskContext, reset_current, set_current
-from .deadline import arm
+from .deadline import AsyncArmed, arm, arm_async
 from .exceptions import PermanentTaskFailure, RetryTask
 from .headers import TASK_HEADER_PREFIXES
 from .outcome import (
@@ -383,13 +383,11 @@ async def run_task(
     token = set_current(ctx)
     started = time.perf_counter()
     result: Result | None = None
-    armed = arm(settings.deadline, settings.grace)
+    armed = arm_async(settings.deadline, settings.grace)
     ctx.__pydantic_private__["_deadline"] = armed  # type: ignore[index]
     try:
-        try:
-            await app(scope, receive, capture)
-        finally:
-            armed.disarm()
+        # DeadlineExceededError is raised at the await where the app is suspended.
+        await armed.run(app(scope, receive, capture))
         if not start:
             raise RuntimeError("the application returned without sending a response")
     except _PASS_THROUGH:
@@ -551,7 +549,7 @@ async def _run(handler: Any, ctx: TaskContext, scope: Scope, receive: Receive, s
         else:
             # A plain function would block the event loop: it runs in a worker thread,
             # with this context (current_task()) copied into it.
-            value = await asyncio.to_thread(handler.func, *args)
+            value = await asyncio.to_thread(_in_thread, handler.func, args, ctx)
         rendered = render(value)
     except PayloadError as exc:
         await _plain(send, finish(handler, ctx, PermanentTaskFailure(str(exc))))
@@ -581,6 +579,25 @@ async def _run(handler: Any, ctx: TaskContext, scope: Scope, receive: Receive, s
         await response(scope, receive, _with_outcome(send))  # a Starlette/FastAPI response
         return
     await _send_wsgi_response(response, scope, send)
+
+
+def _in_thread(func: Callable[..., Any], args: tuple[Any, ...], ctx: TaskContext) -> Any:
+    """Call a plain handler function in a worker thread, under the request's deadline.
+
+    The request's asyncio deadline raises at the ``await`` of the thread, which cannot stop
+    the thread itself; a thread deadline with the same end lets the function stop too.
+    """
+    outer = ctx.__pydantic_private__.get("_deadline")  # type: ignore[union-attr]
+    if isinstance(outer, AsyncArmed):
+        hard = outer.hard_at - time.monotonic()
+        grace = outer.hard_at - outer.soft_at
+        if hard > 0 and 0 <= grace < hard:
+            inner = arm(hard, grace)
+            try:
+                return func(*args)
+            finally:
+                inner.disarm()
+    return func(*args)
 
 
 def _with_outcome(send: Send) -> Send:
