@@ -559,7 +559,7 @@ class LocalTaskQueue:
             expired = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM tasks WHERE state='leased' AND lease_expires < ?", (now,)
+                    "SELECT id FROM tasks WHERE state='leased' AND lease_expires <= ?", (now,)
                 )
             ]
             if expired:
@@ -754,8 +754,8 @@ class LocalTaskQueue:
                 )
         return len(batch)
 
-    def _pump(self, *, until_idle: bool, deadline: float | None) -> None:
-        advance = getattr(self._clock, "advance", None) if until_idle else None
+    def _pump(self, *, until_idle: bool, deadline: float | None, due_only: bool = False) -> None:
+        advance = getattr(self._clock, "advance", None) if until_idle and not due_only else None
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._workers, thread_name_prefix="taskhandler-queue"
@@ -776,7 +776,7 @@ class LocalTaskQueue:
             if leased and in_flight < self._workers:
                 continue
             due = None if leased else self._next_due(now)
-            if until_idle and in_flight == 0 and due is None:
+            if until_idle and in_flight == 0 and (due is None or (due_only and due > now)):
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
@@ -815,6 +815,27 @@ class LocalTaskQueue:
             before = self._attempts
             self._stop.clear()
             self._pump(until_idle=True, deadline=time.monotonic() + timeout)
+            return self._attempts - before
+        finally:
+            self._pump_lock.release()
+
+    def run_due(self, timeout: float = 30.0) -> int:
+        """Deliver the tasks due now, wait for those deliveries, and return the attempts made.
+
+        Unlike :meth:`run_until_idle`, nothing due later is waited for, and a
+        :class:`ManualClock` is not advanced: a test can step through retries one at a time.
+        A delivery that fails and is due again at once (zero backoff) is retried in the same call.
+
+        Raises:
+            TimeoutError: deliveries still in flight after ``timeout`` real seconds.
+            RuntimeError: the background dispatcher (:meth:`start`) is running.
+        """
+        if not self._pump_lock.acquire(blocking=False):
+            raise RuntimeError("the background dispatcher is running; stop() it first")
+        try:
+            before = self._attempts
+            self._stop.clear()
+            self._pump(until_idle=True, deadline=time.monotonic() + timeout, due_only=True)
             return self._attempts - before
         finally:
             self._pump_lock.release()
