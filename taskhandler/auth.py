@@ -458,7 +458,9 @@ def _html_headers() -> list[tuple[str, str]]:
             "frame-ancestors 'none'; base-uri 'none'",
         ),
         ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
+        # Not "no-referrer": with it browsers post the form with "Origin: null", which
+        # _same_origin refuses.
+        ("Referrer-Policy", "same-origin"),
     ]
 
 
