@@ -87,7 +87,7 @@ def test_other_scopes_pass_through_untouched(kind: str) -> None:
 def test_the_callers_header_list_is_not_changed() -> None:
     """Stripping gives the app a new header list; the server's list is left as it was."""
     inner = Recorder()
-    scope = scope_for(headers=list(TASK.items()) + [("x_appengine_tasketa", "1")])
+    scope = scope_for(headers=[*TASK.items(), ("x_appengine_tasketa", "1")])
     original = scope["headers"]
     copy = list(original)
     asyncio.run(call_asgi(asgi.TaskMiddleware(inner), scope))
