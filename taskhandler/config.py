@@ -105,6 +105,18 @@ class AccessRule(BaseModel):
             self._regex = regex
         return regex
 
+    def __eq__(self, other: object) -> bool:
+        # Compare the fields only: whether the regex cache is filled yet is not part of a rule.
+        if not isinstance(other, AccessRule):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, str, str]:
+        return (self.url, self.login, self.auth_fail_action, self.secure)
+
     def matches(self, path: str) -> bool:
         """Whether this rule's regex matches the whole of ``path``."""
         return self.regex.fullmatch(path) is not None

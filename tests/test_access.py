@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.test import Client, EnvironBuilder
 
 from taskhandler.access import Refusal, check_access, check_path, find_rule, request_path_wsgi
@@ -359,3 +362,20 @@ def test_trusted_queue_request_passes_login_admin() -> None:
         "/tasks/x", headers=headers, environ_base={"REMOTE_ADDR": "203.0.113.9"}
     )
     assert stranger.status_code == 302
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="/.a\\%\x00\n\u00e9\u2215", max_size=14))
+def test_accepted_paths_are_already_normal(path: str) -> None:
+    """Any path check_path accepts is unchanged by normalisation, so rule and router agree."""
+    if check_path(path) is not None:
+        return
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    if path.endswith("/") and normal != "/":
+        normal += "/"
+    assert normal == path
+    rule = AccessRule(url="/a/.*", login="admin")
+    assert rule.matches(path) is rule.matches(normal)

@@ -184,6 +184,18 @@ def test_rule_regex_is_compiled_once() -> None:
     assert rule.regex.flags & re.DOTALL
 
 
+def test_rule_equality_ignores_the_regex_cache() -> None:
+    """Two rules with the same fields are equal whether or not one has been used yet."""
+    used, fresh = (
+        AccessRule(url="/tasks/.*", login="admin"),
+        AccessRule(url="/tasks/.*", login="admin"),
+    )
+    assert used.matches("/tasks/x")
+    assert used == fresh
+    assert hash(used) == hash(fresh)
+    assert used != AccessRule(url="/tasks/.*", login="required")
+
+
 def test_rule_copy_with_new_url_recompiles() -> None:
     """A copy with another url does not keep the old compiled regex."""
     rule = AccessRule(url="/tasks/.*", login="admin")
