@@ -7,9 +7,11 @@ static servers and proxies do, so any spelling of ``/tasks/x`` that slipped past
 would run the protected view. Every protected view appends to a log file first; each case
 checks that file from outside the server process.
 
-gunicorn, waitress and the werkzeug server disagree about slashes, dots, absolute-form
-targets and undecodable bytes (that is the point), so a case lists every status that is
-an acceptable refusal; the log file is the verdict.
+The path table runs under gunicorn, waitress and the werkzeug server (WSGI), and under
+uvicorn with the ASGI twin of the app (tests/data/access_asgi.py, Starlette behind the ASGI
+middleware). The servers disagree about slashes, dots, absolute-form targets and
+undecodable bytes (that is the point), so a case lists every status that is an acceptable
+refusal; the log file is the verdict.
 """
 
 from __future__ import annotations
@@ -60,15 +62,20 @@ class Server:
 def _start(kind: str, tmp: Path) -> Iterator[Server]:
     log = tmp / f"{kind}-views.log"
     env = {"TH_ACCESS_LOG": str(log), "TH_ACCESS_KEYS": f"{NEW_KEY},{OLD_KEY}"}
-    with serve(kind, "tests.data.access_app:app", env=env) as base_url:
+    target, extra = "tests.data.access_app:app", ()
+    if kind == "uvicorn":
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, which would let any
+        # local client claim the queue's address; the docs say to switch it off like this.
+        target, extra = "tests.data.access_asgi:app", ("--no-proxy-headers",)
+    with serve(kind, target, env=env, extra=extra) as base_url:
         yield Server(kind, base_url, log)
 
 
-@pytest.fixture(scope="module", params=["gunicorn", "waitress", "werkzeug"])
+@pytest.fixture(scope="module", params=["gunicorn", "waitress", "werkzeug", "uvicorn"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """Each of the three servers, started once per module."""
+    """Each server, started once per module (uvicorn serves the ASGI twin of the app)."""
     yield from _start(request.param, tmp_path_factory.mktemp(request.param))
 
 
@@ -216,6 +223,19 @@ PATH_CASES = [
         {302},
         LOGIN,
         id="forged queue address in X-Forwarded-For",
+    ),
+    pytest.param(
+        b"/tasks/x",
+        {
+            "X-Forwarded-For": "0.1.0.2",
+            "X-Real-IP": "0.1.0.2",
+            "Forwarded": "for=0.1.0.2",
+            "X-AppEngine-QueueName": "default",
+            "X-AppEngine-TaskName": "t1",
+        },
+        {302},
+        LOGIN,
+        id="complete forged task from the queue's address",
     ),
     pytest.param(b"/members/x", {}, {401}, None, id="login required with unauthorized action"),
     pytest.param(b"/secure/x", {}, {302}, "https://", id="secure always over plain HTTP"),
