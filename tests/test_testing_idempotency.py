@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,52 @@ def test_catches_what_it_should(
     assert info.value.actual in ({"a": 2}, {"a": 3})
     assert "-{'a': 1}" in str(info.value)
     assert f"+{info.value.actual!r}" in str(info.value)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Iterator[tuple[Any, Callable[[], Any], Callable[[], None]]]:
+    """The webapp2-style example (the seed's counter, unchanged), its state and a reset."""
+    from examples.webapp2_style import main, ndb_sqlite, worker
+
+    path = tmp_path / "ndb.sqlite3"
+    previous = ndb_sqlite.configure(path)
+    app = main.create_app(database=path)
+
+    def rows(sql: str) -> list[Any]:
+        with sqlite3.connect(path, isolation_level=None) as conn:
+            return conn.execute(sql).fetchall()
+
+    def snapshot() -> int | None:
+        counter = worker.Counter.get_by_id(worker.COUNTER_KEY)
+        return None if counter is None else int(counter.count)
+
+    def reset() -> None:
+        rows("DELETE FROM entities")
+        rows("DELETE FROM task_ledger")
+
+    yield app, snapshot, reset
+    ndb_sqlite.configure(previous)
+
+
+@pytest.mark.parametrize(
+    "concurrent",
+    [pytest.param(False, id="sequential"), pytest.param(True, id="overlapping")],
+)
+def test_the_webapp2_example_is_idempotent(
+    example: tuple[Any, Callable[[], Any], Callable[[], None]], concurrent: bool
+) -> None:
+    """The seed's counter, run with its transactional task ledger, passes both ways."""
+    app, snapshot, reset = example
+    state = assert_idempotent(
+        app,
+        "/update_counter",
+        params={"amount": "5"},
+        snapshot=snapshot,
+        concurrent=concurrent,
+        reset=reset,
+        deliveries=4,
+    )
+    assert state == 5
 
 
 def test_overlap_really_overlaps(store: Store) -> None:

@@ -245,7 +245,9 @@ def assert_idempotent(
         raise IdempotencyError(
             f"{deliveries} overlapping deliveries of the same task left a different state "
             "than one delivery:\n"
-            + _diff(reference, state, "after 1 delivery", f"after {deliveries} overlapping")
+            + _diff(
+                reference, state, "after 1 delivery", f"after {deliveries} overlapping deliveries"
+            )
             + "\nwhat each delivery answered:\n  "
             + "\n  ".join(d.describe() for d in round_made),
             deliveries=made,
