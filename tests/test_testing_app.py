@@ -476,6 +476,24 @@ def header_sign_in(user: User) -> Mapping[str, str]:
     return {"X-Test-User": user.email, "X-Test-Admin": "1" if user.is_admin else "0"}
 
 
+def session_auth(request: RequestInfo) -> User | None:
+    """Stands in for a framework's session cookie."""
+    email = request.cookies.get("session")
+    return None if not email else User(email=email, is_admin=email.startswith("admin"))
+
+
+def test_sign_in_may_set_a_cookie() -> None:
+    """A Cookie header from sign_in= goes into the client's cookie jar and is sent."""
+    app = TaskTestApp(
+        TaskMiddleware(echo, config=RULES, authenticator=session_auth),
+        sign_in=lambda user: {"Cookie": f"session={user.email}; other=1"},
+    )
+    admin = app.as_admin()
+    admin.get("/admin/x", status=200)
+    assert set(admin.cookies) == {"session", "other"}
+    app.as_user().get("/admin/x", status=403)
+
+
 def test_sign_in_plugs_any_authenticator() -> None:
     """sign_in= tells a client how to sign in to an authenticator of the app's own."""
     app = TaskTestApp(

@@ -15,6 +15,7 @@ with warnings.catch_warnings():
     # suites run with warnings as errors should not fail on importing their test client.
     warnings.filterwarnings("ignore", "'cgi' is deprecated", DeprecationWarning)
     import webtest
+from werkzeug.http import parse_cookie
 
 from ..context import TaskContext
 from ..deadline import DEFAULT_GRACE, resolve_deadline
@@ -152,7 +153,12 @@ class TaskTestApp(webtest.TestApp):  # type: ignore[misc]
         cookies: dict[str, str] = {}
         headers: dict[str, str] = {}
         if self.sign_in is not None:
-            headers = {str(k): str(v) for k, v in self.sign_in(user).items()}
+            for name, value in self.sign_in(user).items():
+                if str(name).lower() == "cookie":
+                    # Into the cookie jar, which webtest turns into the Cookie header.
+                    cookies.update(parse_cookie(str(value)))
+                else:
+                    headers[str(name)] = str(value)
         elif callable(getattr(authenticator, "cookie_value", None)) and isinstance(
             getattr(authenticator, "cookie_name", None), str
         ):
