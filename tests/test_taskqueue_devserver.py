@@ -171,6 +171,54 @@ def test_refuses_non_loopback_host(tmp_path: Path) -> None:
     assert "loopback" in proc.stderr
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+def test_console_in_a_browser(devserver: tuple[str, Path]) -> None:
+    """An admin signs in from the console's redirect, runs one task now and deletes another."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    base_url, log = devserver
+    with _client(base_url) as client:
+        for name in ("browser-run", "browser-delete"):
+            client.get("/enqueue", params={"name": name, "countdown": "3600"})
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_context().new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{base_url}/_ah/admin/queues")
+            assert page.url.startswith(f"{base_url}/_ah/login")
+            page.fill("#email", "ada@example.com")
+            page.check("#admin")
+            page.click("#submit-login")
+            page.wait_for_url(f"{base_url}/_ah/admin/queues")
+            rows = page.locator("tr[data-task^='browser-']")
+            sync_api.expect(rows).to_have_count(2)
+
+            page.click("tr[data-task='browser-run'] button[data-action='run']")
+            _wait_for(lambda: any(h["task_name"] == "browser-run" for h in _handled(log)))
+
+            page.click("tr[data-task='browser-delete'] button[data-action='delete']")
+            page.wait_for_url(f"{base_url}/_ah/admin/queues")
+            sync_api.expect(page.locator("tr[data-task='browser-delete']")).to_have_count(0)
+        finally:
+            browser.close()
+    assert not any(h["task_name"] == "browser-delete" for h in _handled(log))
+
+
 # -- the app the server runs -----------------------------------------------------------------
 
 app = Flask(__name__)
