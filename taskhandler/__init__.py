@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .access import Refusal as Refusal
+from .auth import AppEngineUserAuth as AppEngineUserAuth
+from .auth import SignedCookieAuth as SignedCookieAuth
 from .config import AccessRule as AccessRule
 from .config import AppConfig as AppConfig
 from .config import load_app_yaml as load_app_yaml
@@ -28,6 +30,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AccessRule",
     "AppConfig",
+    "AppEngineUserAuth",
     "Authenticator",
     "ConfigError",
     "DeadlineExceededError",
@@ -36,6 +39,7 @@ __all__ = [
     "Refusal",
     "RequestInfo",
     "RetryTask",
+    "SignedCookieAuth",
     "TaskContext",
     "TaskHandlerError",
     "TaskMiddleware",

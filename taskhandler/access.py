@@ -152,6 +152,7 @@ def check_access(
     trusted: bool,
     user: Callable[[], User | None],
     login_url: str = "/_ah/login",
+    enforce_secure: bool = True,
 ) -> Refusal | None:
     """Return a :class:`Refusal` when the request may not proceed, else ``None``.
 
@@ -164,6 +165,8 @@ def check_access(
         trusted: the request is a trusted task request or runs under development trust.
         user: returns the signed-in user or ``None``; only called when a rule needs it.
         login_url: the sign-in page; ``continue=<original URL>`` is added to it.
+        enforce_secure: ``False`` under development trust, whose plain-HTTP server has no
+            HTTPS to redirect to (App Engine's development server ignored ``secure:`` too).
 
     The order of the checks is in the module docstring.
 
@@ -179,7 +182,7 @@ def check_access(
     if rule is None or not rule.protected or trusted:
         return None
 
-    redirect_needed = rule.secure == "always" and scheme != "https"
+    redirect_needed = enforce_secure and rule.secure == "always" and scheme != "https"
     if redirect_needed or rule.login != "optional":
         if _HOST.fullmatch(host) is None:
             return Refusal(400, "the Host header is not a valid host name")

@@ -206,6 +206,7 @@ def decide(
             trusted=context is not None,
             user=state.user,
             login_url=settings.login_url,
+            enforce_secure=settings.trust.mode != "development",
         )
         if refusal is not None:
             return Decision(refusal, strip, trusted_by, context)
