@@ -7,7 +7,7 @@ Serve it from the repository root::
 Settings come from the environment, so the same module serves tests and a laptop:
 
 - ``EXAMPLE_DB``: the SQLite file holding the counter and the task ledger (default
-  ``ndb.sqlite3`` in the working directory).
+  ``taskhandler-webapp2-example.sqlite3`` in the temporary directory).
 - ``EXAMPLE_QUEUE_SOURCES``: comma-separated addresses or CIDRs the queue calls from
   (default: App Engine's ``0.1.0.2``). Behind a local queue dispatching over HTTP, e.g.
   ``127.0.0.1``.

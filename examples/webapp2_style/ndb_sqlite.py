@@ -18,7 +18,7 @@ SQLite gives the isolation: ``BEGIN IMMEDIATE`` takes the write lock before the 
 so two deliveries running at once are serialised and the second sees the first's ledger row.
 
 Where the data lives: :func:`configure` (or the ``EXAMPLE_DB`` environment variable; default
-``ndb.sqlite3`` in the working directory).
+``taskhandler-webapp2-example.sqlite3`` in the temporary directory).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,7 +57,9 @@ CREATE TABLE IF NOT EXISTS task_ledger (
 """
 _LOCK_TIMEOUT = 30.0  # seconds a writer waits for another transaction to finish
 
-_database = os.environ.get("EXAMPLE_DB", "ndb.sqlite3")
+_database = os.environ.get(
+    "EXAMPLE_DB", os.path.join(tempfile.gettempdir(), "taskhandler-webapp2-example.sqlite3")
+)
 _connection: ContextVar[sqlite3.Connection | None] = ContextVar("ndb_sqlite_txn", default=None)
 _steps: ContextVar[tuple[TaskContext, dict[str, int]] | None] = ContextVar(
     "ndb_sqlite_steps", default=None
