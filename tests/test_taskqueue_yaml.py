@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from taskhandler.exceptions import ConfigError
-from taskhandler.taskqueue import QueueConfig, RetryParameters, RetryPolicy, load_queue_yaml
+from taskhandler.taskqueue import (
+    QueueConfig,
+    RetryParameters,
+    RetryPolicy,
+    describe_queue_yaml,
+    format_rate,
+    load_queue_yaml,
+)
 
 FULL = """\
 total_storage_limit: 120M
@@ -266,3 +273,36 @@ def test_task_options_override_queue_values() -> None:
     task = RetryParameters(task_retry_limit=0)
     merged = queue.overridden_by(task)
     assert merged == RetryParameters(task_retry_limit=0, min_backoff_seconds=10.0, max_doublings=1)
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [
+        pytest.param(5.0, "5/s", id="per second"),
+        pytest.param(10 / 60, "10/m", id="per minute"),
+        pytest.param(1 / 3600, "1/h", id="per hour"),
+        pytest.param(2 / 86400, "2/d", id="per day"),
+        pytest.param(0.0, "0 (paused)", id="paused"),
+    ],
+)
+def test_format_rate(rate: float, text: str) -> None:
+    """Rates are shown in the unit queue.yaml would use."""
+    assert format_rate(rate) == text
+
+
+def test_describe_queue_yaml(tmp_path: Path) -> None:
+    """`taskhandler check` describes each queue with its effective retry policy."""
+    text = describe_queue_yaml(_write(tmp_path, FULL))
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "queue",
+        "mode",
+        "rate",
+        "bucket",
+        "concurrent",
+        "target",
+        "retries",
+    ]
+    mail = next(line for line in lines if line.startswith("mail "))
+    assert mail.split()[:6] == ["mail", "push", "10/m", "20", "3", "v2.worker"]
+    assert "7 retries or 172800 s; backoff 10-200 s, 2 doublings" in mail

@@ -53,6 +53,9 @@ from ._local import LocalTaskQueue as LocalTaskQueue
 from ._local import QueuedTask as QueuedTask
 from ._queue_yaml import QueueConfig as QueueConfig
 from ._queue_yaml import RetryParameters as RetryParameters
+from ._queue_yaml import describe_queue_yaml as describe_queue_yaml
+from ._queue_yaml import describe_queues as describe_queues
+from ._queue_yaml import format_rate as format_rate
 from ._queue_yaml import load_queue_yaml as load_queue_yaml
 from ._queue_yaml import parse_duration as parse_duration
 from ._queue_yaml import parse_rate as parse_rate
@@ -109,6 +112,9 @@ __all__ = [
     "add",
     "add_async",
     "current_backend",
+    "describe_queue_yaml",
+    "describe_queues",
+    "format_rate",
     "load_queue_yaml",
     "parse_duration",
     "parse_rate",

@@ -478,3 +478,51 @@ def load_queue_yaml(path: str | Path) -> dict[str, QueueConfig]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read queue.yaml: {exc}", path=path_text) from None
     return _Reader(path_text, text).read()
+
+
+def format_rate(rate: float) -> str:
+    """A rate in tasks per second as queue.yaml writes it (``10/m`` rather than 0.1667/s)."""
+    if rate == 0:
+        return "0 (paused)"
+    for unit, seconds in _UNIT_SECONDS.items():
+        value = round(rate * seconds, 6)
+        if value >= 1 or unit == "d":
+            return f"{value:g}/{unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def describe_queues(queues: Mapping[str, QueueConfig]) -> str:
+    """A text table of queue definitions and their effective retry policies (for ``check``)."""
+    header = ("queue", "mode", "rate", "bucket", "concurrent", "target", "retries")
+    rows: list[tuple[str, ...]] = [header]
+    for config in queues.values():
+        policy = config.retry_parameters.policy()
+        limit = "unlimited" if policy.task_retry_limit is None else f"{policy.task_retry_limit}"
+        age = "" if policy.task_age_limit is None else f" or {policy.task_age_limit:g} s"
+        retries = (
+            f"{limit} retries{age}; backoff {policy.min_backoff_seconds:g}-"
+            f"{policy.max_backoff_seconds:g} s, {policy.max_doublings} doublings"
+        )
+        rows.append(
+            (
+                config.name,
+                config.mode,
+                format_rate(config.rate),
+                str(config.bucket_size),
+                "-"
+                if config.max_concurrent_requests is None
+                else str(config.max_concurrent_requests),
+                config.target or "-",
+                retries,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]])
+        for row in rows
+    )
+
+
+def describe_queue_yaml(path: str | Path) -> str:
+    """Validate a queue.yaml and describe its queues (the hook ``taskhandler check`` calls)."""
+    return describe_queues(load_queue_yaml(path))
