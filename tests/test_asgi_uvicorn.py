@@ -90,6 +90,9 @@ queue_app = TaskMiddleware(
     grace=0.3,
 )
 
+# A task handler with no framework around it.
+handler_app = TaskMiddleware(count)
+
 PARSERS = ["h11", "httptools"]
 
 
@@ -217,3 +220,11 @@ def test_deadline_reaches_the_handler_under_uvicorn(servers: dict[str, str]) -> 
     """Under a real server, DeadlineExceededError arrives at the handler's await in time."""
     response = httpx.post(servers["queue"] + "/tasks/slow", headers=TASK, timeout=10)
     assert (response.status_code, response.text) == (200, "saved")
+
+
+@pytest.mark.slow
+def test_handler_without_a_framework_under_uvicorn() -> None:
+    """A task handler served with only the middleware in front refuses strangers."""
+    with serve("uvicorn", "tests.test_asgi_uvicorn:handler_app") as base:
+        response = httpx.post(base + "/", headers=TASK, json={"amount": 1}, timeout=10)
+    assert (response.status_code, response.headers["x-task-outcome"]) == (403, "rejected")
