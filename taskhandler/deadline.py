@@ -298,7 +298,7 @@ class Armed:
         if stop_timer:
             signal.setitimer(signal.ITIMER_REAL, 0)
         token, self._token = self._token, None
-        if token is not None:
+        if token is not None and _current.get() is self:
             try:  # noqa: SIM105 - cheaper than contextlib.suppress on every request
                 _current.reset(token)
             except (ValueError, RuntimeError):
@@ -324,13 +324,14 @@ class Armed:
         if now < self.soft_at:
             return
         with wd._lock:
-            if self._live:
-                self.fired = True
-                while self._phase != _DONE and now >= self._phase_at(self._phase):
-                    wd._advance_locked(self, popped=False, now=now)
-                if self._injected and self._tid == threading.get_ident():
-                    # One error for one deadline: drop a copy the watchdog may have queued.
-                    _set_async_exc(self._tid, _NULL)
+            if not self._live:
+                return  # disarmed: a request that is over has no deadline
+            self.fired = True
+            while self._phase != _DONE and now >= self._phase_at(self._phase):
+                wd._advance_locked(self, popped=False, now=now)
+            if self._injected and self._tid == threading.get_ident():
+                # One error for one deadline: drop a copy the watchdog may have queued.
+                _set_async_exc(self._tid, _NULL)
         raise DeadlineExceededError("the task's soft deadline has passed")
 
     def _phase_at(self, phase: int) -> float:
@@ -847,7 +848,7 @@ class AsyncArmed:
 
     def _check(self) -> None:
         now = self._clock()
-        if now < self.soft_at:
+        if now < self.soft_at or self._ended_at is not None:
             return
         self.fired = True
         while self._phase != _DONE and now >= (
