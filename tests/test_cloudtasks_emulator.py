@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,89 @@ def test_missing_queue_is_an_error(backend: Any) -> None:
     """A queue the server does not have fails the add with a taskqueue error and its message."""
     with pytest.raises(taskqueue.Error, match="does not exist"):
         taskqueue.add(url="/tasks/count", queue_name="never-created")
+
+
+# -- the project's Flask example, reached as a Cloud Tasks HTTP target -----------------------
+
+
+@pytest.fixture(scope="module")
+def example_url(workdir: Path) -> Iterator[str]:
+    env = {"EXAMPLE_DB": str(workdir / "example.sqlite3"), "EXAMPLE_QUEUE_SOURCES": "127.0.0.1"}
+    with serve("gunicorn", "examples.flask_style.main:app", env=env) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def example_backend(client: Any, example_url: str) -> Iterator[CloudTasksBackend]:
+    backend = CloudTasksBackend(
+        PROJECT,
+        LOCATION,
+        client=client,
+        base_url=example_url,
+        service_account_email="tasks@emulated-project.iam.gserviceaccount.com",
+    )
+    with backend, taskqueue.use(backend):
+        yield backend
+
+
+def example_state(example_url: str, ready: Any) -> dict[str, Any]:
+    """Poll the example's /state (bounded) until ``ready(state)``; return that state."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{example_url}/state", timeout=5) as response:
+            state = json.loads(response.read())
+        if ready(state):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"the example never reached the expected state: {state}")
+
+
+def test_flask_example_counts_each_task_once(
+    example_backend: CloudTasksBackend, example_url: str, make_queue: Any
+) -> None:
+    """The example counts a task once even when the queue delivers its name twice."""
+    queue_id = make_queue("count")
+    taskqueue.add(
+        url="/tasks/count",
+        params={"counter": queue_id, "amount": "2"},
+        name="c1",
+        queue_name=queue_id,
+    )
+    # The emulator does not deduplicate names, so this second "c1" is delivered too: the
+    # example's task ledger (keyed by the parsed queue and task names) must skip it.
+    taskqueue.add(
+        url="/tasks/count",
+        params={"counter": queue_id, "amount": "2"},
+        name="c1",
+        queue_name=queue_id,
+    )
+    taskqueue.add(
+        url="/tasks/count",
+        params={"counter": queue_id, "amount": "3"},
+        name="c2",
+        queue_name=queue_id,
+    )
+    # The emulator delivers one queue's tasks in order, so once c2 counted, both c1 have too.
+    state = example_state(example_url, lambda s: s["counters"].get(queue_id, 0) >= 5)
+    assert state["counters"][queue_id] == 5
+
+
+def test_flask_example_gives_up_after_max_attempts(
+    example_backend: CloudTasksBackend, example_url: str, make_queue: Any
+) -> None:
+    """Retry counts from the queue drive max_attempts: the third failure is a dead letter."""
+    queue_id = make_queue("notify")
+    taskqueue.add(
+        url="/tasks/notify",
+        params={"recipient": "ada@example.invalid", "message": "hi"},
+        name="n1",
+        queue_name=queue_id,
+    )
+    state = example_state(
+        example_url, lambda s: any(d["queue_name"] == queue_id for d in s["dead_letters"])
+    )
+    [letter] = [d for d in state["dead_letters"] if d["queue_name"] == queue_id]
+    assert letter["task_name"] == "n1"
+    assert letter["attempts"] == 3
+    assert letter["payload"] == {"recipient": "ada@example.invalid", "message": "hi"}
