@@ -13,7 +13,8 @@ What the emulator does differently from Cloud Tasks (the tests allow for these):
 - ``TaskRetryCount`` and ``TaskExecutionCount`` are both ``dispatches - 1``; Cloud Tasks counts
   executions (responses received) separately. ``TaskPreviousResponse``/``TaskRetryReason`` are
   never sent.
-- Failed tasks are retried at once, with no backoff, no rate limits, no queue ``retry_config``.
+- Failed tasks are retried at once, with no backoff, no rate limits, no queue ``retry_config``;
+  one queue's tasks are delivered one at a time, in the order they were created.
 - Names are not deduplicated (no ``ALREADY_EXISTS``, no tombstones), and a missing queue is
   ``FAILED_PRECONDITION`` where Cloud Tasks answers ``NOT_FOUND``.
 - HTTP target tasks get no ``Authorization: Bearer`` OIDC token, so the app here trusts the

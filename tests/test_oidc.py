@@ -30,6 +30,7 @@ from google.auth import crypt, jwt  # noqa: E402
 from google.auth.transport.requests import Request  # noqa: E402
 from werkzeug.test import Client  # noqa: E402
 
+from taskhandler.asgi import TaskMiddleware as ASGITaskMiddleware  # noqa: E402
 from taskhandler.context import current_task  # noqa: E402
 from taskhandler.exceptions import ConfigError  # noqa: E402
 from taskhandler.oidc import InvalidToken, OIDCVerifier  # noqa: E402
@@ -521,6 +522,56 @@ CLOUD_TASKS_HEADERS = {
 }
 
 
+async def _echo_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    ctx = current_task()
+    body = {
+        "context": None if ctx is None else ctx.model_dump(mode="json"),
+        "stripped": list(scope.get("taskhandler.stripped", [])),
+        "cloudtasks_headers": sorted(
+            n.decode() for n, _ in scope["headers"] if n.lower().startswith(b"x-cloudtasks-")
+        ),
+    }
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def _post_wsgi(trust: TrustPolicy, headers: dict[str, str]) -> dict[str, Any]:
+    client = Client(TaskMiddleware(_echo_app, trust=trust))
+    response = client.post(
+        "/tasks/mail", headers=headers, environ_base={"REMOTE_ADDR": "203.0.113.7"}
+    )
+    assert response.status_code == 200
+    body = response.json
+    assert body is not None
+    return body
+
+
+def _post_asgi(trust: TrustPolicy, headers: dict[str, str]) -> dict[str, Any]:
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+
+    async def run() -> dict[str, Any]:
+        transport = httpx.ASGITransport(
+            app=ASGITaskMiddleware(_echo_asgi, trust=trust), client=("203.0.113.7", 40000)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            response = await client.post("/tasks/mail", headers=headers)
+        assert response.status_code == 200
+        result: dict[str, Any] = response.json()
+        return result
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("post", [_post_wsgi, _post_asgi], ids=["WSGI", "ASGI"])
 @pytest.mark.parametrize(
     ("authorization", "trusted"),
     [
@@ -531,14 +582,13 @@ CLOUD_TASKS_HEADERS = {
         pytest.param(None, False, id="no token: headers stripped"),
     ],
 )
-def test_wsgi_end_to_end(
-    key: Key, other_key: Key, authorization: str | None, trusted: bool
+def test_middleware_end_to_end(
+    key: Key, other_key: Key, authorization: str | None, trusted: bool, post: Any
 ) -> None:
     """Through TaskMiddleware, X-CloudTasks-* headers count only with a verified token."""
     verifier = OIDCVerifier(
         audience=AUDIENCE, service_accounts=[ACCOUNT], certs={key.kid: key.cert_pem}, clock=Clock()
     )
-    client = Client(TaskMiddleware(_echo_app, trust=TrustPolicy(oidc=verifier)))
     values = {
         "good": _bearer(key.token()),
         "wrong-audience": _bearer(key.token(aud="https://other.run.app")),
@@ -548,12 +598,7 @@ def test_wsgi_end_to_end(
     headers = dict(CLOUD_TASKS_HEADERS)
     if authorization is not None:
         headers["Authorization"] = values[authorization]
-    response = client.post(
-        "/tasks/mail", headers=headers, environ_base={"REMOTE_ADDR": "203.0.113.7"}
-    )
-    assert response.status_code == 200
-    body = response.json
-    assert body is not None
+    body = post(TrustPolicy(oidc=verifier), headers)
     if trusted:
         assert body["context"] == {
             "queue_name": "mail",
