@@ -64,7 +64,7 @@ _MAX_TOKEN_LENGTH = 8192
 # The signature may be empty so that an unsigned ("alg": "none") token is refused by name.
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*) *", re.IGNORECASE)
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d{1,9})(?:$|[,\s])", re.IGNORECASE)
-# Certificates are kept this long when the response says nothing (Google says ~6 h).
+# Certificates are kept this long when the response gives no max-age.
 _DEFAULT_CERTS_MAX_AGE = 3600.0
 # Expired certificates or an unknown key id make the verifier fetch again, but not more often
 # than this: Google publishes new keys well before using them, so an unknown key id is usually
