@@ -19,6 +19,7 @@ from .exceptions import PermanentTaskFailure as PermanentTaskFailure
 from .exceptions import RetryTask as RetryTask
 from .exceptions import TaskHandlerError as TaskHandlerError
 from .handler import task_handler as task_handler
+from .oidc import OIDCVerifier as OIDCVerifier
 from .trust import Authenticator as Authenticator
 from .trust import RequestInfo as RequestInfo
 from .trust import TrustPolicy as TrustPolicy
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceededError",
     "InvalidTaskHeaders",
+    "OIDCVerifier",
     "PermanentTaskFailure",
     "Refusal",
     "RequestInfo",

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 OptExcInfo = ExcInfo | tuple[None, None, None]
 
-WSGIEnvironment = dict[str, Any]
-
-
-class StartResponse(Protocol):
-    """The ``start_response`` callable of PEP 3333."""
-
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: OptExcInfo | None = ...,
-        /,
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
+if TYPE_CHECKING:
+    # typeshed's own WSGI types, so TaskMiddleware fits Flask's and werkzeug's annotations.
+    from _typeshed.wsgi import StartResponse as StartResponse
+    from _typeshed.wsgi import WSGIApplication as WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment as WSGIEnvironment
+else:
+    StartResponse = Callable[..., Any]
+    WSGIApplication = Callable[..., Any]
+    WSGIEnvironment = dict
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

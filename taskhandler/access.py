@@ -162,7 +162,8 @@ def check_access(
         scheme: ``http`` or ``https`` as the client used it (after any trusted proxy fix-up).
         host: the ``Host`` the client asked for, used to build redirect URLs.
         query_string: the raw query string, kept in redirects.
-        trusted: the request is a trusted task request or runs under development trust.
+        trusted: the request is a trusted task request (development trust without task
+            headers is not: the development server still asks who you are, as App Engine's did).
         user: returns the signed-in user or ``None``; only called when a rule needs it.
         login_url: the sign-in page; ``continue=<original URL>`` is added to it.
         enforce_secure: ``False`` under development trust, whose plain-HTTP server has no

@@ -274,6 +274,10 @@ class TaskMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
             return
+        if isinstance(scope.get(STATE_KEY), RequestState):
+            # An outer TaskMiddleware already decided: one decision per request, the outermost.
+            await self.app(scope, receive, send)
+            return
         settings = self.settings
         state = RequestState(settings, request_info, scope)
         scope[STATE_KEY] = state

@@ -35,7 +35,7 @@ from .outcome import (
 from .pipeline import RequestState, synthetic_context
 from .trust import Authenticator, TrustPolicy
 
-__all__ = ["TaskHandler", "task_handler"]
+__all__ = ["AsyncTaskHandler", "TaskHandler", "task_handler"]
 
 log = logging.getLogger("taskhandler")
 
@@ -124,7 +124,10 @@ def render(value: Any) -> tuple[int, list[tuple[str, str]], bytes] | WSGIApplica
     if isinstance(value, (dict, list)):
         return 200, [("Content-Type", "application/json")], json.dumps(value, default=str).encode()
     if isinstance(value, tuple) and 2 <= len(value) <= 3 and isinstance(value[1], int):
-        status, headers, body = render(value[0]) if value[0] is not None else render(None)  # type: ignore[misc]
+        inner = render(value[0])
+        if callable(inner):
+            raise TypeError("a task handler returned a (response, status) tuple; return one")
+        _, headers, body = inner
         extra = (
             list(value[2].items() if isinstance(value[2], dict) else value[2])
             if len(value) == 3
@@ -418,6 +421,24 @@ def _with_outcome(start_response: StartResponse) -> StartResponse:
     return wrapped
 
 
+class AsyncTaskHandler(TaskHandler[F]):
+    """An ``async def`` task handler: an ASGI 3 application in its own right.
+
+    ``async def __call__`` is what lets servers such as uvicorn recognise it as ASGI 3,
+    and lets Starlette's ``Route`` mount it as an app.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from .asgi import handle_asgi
+
+        await handle_asgi(self, scope, receive, send)
+
+
+def _make(func: Any, options: dict[str, Any]) -> TaskHandler[Any]:
+    cls = AsyncTaskHandler if inspect.iscoroutinefunction(func) else TaskHandler
+    return cls(func, **options)
+
+
 @overload
 def task_handler(func: F, /) -> TaskHandler[F]: ...
 @overload
@@ -450,5 +471,5 @@ def task_handler(func: F | None = None, /, **options: Any) -> Any:
         def update_counter(task: TaskContext, payload: CounterParams) -> None: ...
     """
     if func is not None:
-        return TaskHandler(func, **options)
-    return lambda f: TaskHandler(f, **options)
+        return _make(func, options)
+    return lambda f: _make(f, options)

@@ -8,6 +8,7 @@ request; any client can type them, so they are believed only from the queue's ad
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import re
 import time
@@ -132,6 +133,10 @@ class TaskMiddleware:
         self._plain_fast = not self.settings.rules and self.settings.trust.mode != "development"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if isinstance(environ.get(STATE_KEY), RequestState):
+            # An outer TaskMiddleware already decided (e.g. the development server around an
+            # app that brings its own): one decision per request, the outermost one.
+            return self.app(environ, start_response)
         settings = self.settings
         state = RequestState(settings, request_info, environ)
         environ[STATE_KEY] = state
@@ -196,6 +201,7 @@ class TaskMiddleware:
             headers, body = refusal_body(refusal)
             return lambda sr: _respond(sr, 400, headers, body)
         data = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(data)  # the app still reads it if no page answers
         page = serve(state.request_info(), data)
         if page is None:
             return None
