@@ -445,6 +445,20 @@ def test_as_admin_is_a_copy(guarded: TaskTestApp) -> None:
     admin.get("/admin/x", status=200)
 
 
+def test_copies_keep_the_client_settings() -> None:
+    """A signed-in copy keeps extra_environ, deadline and queue address of its original."""
+    app = TaskTestApp(
+        TaskMiddleware(echo, authenticator=SignedCookieAuth(KEY)),
+        extra_environ={"HTTP_X_FROM": "setup"},
+        deadline=5,
+    )
+    app.extra_environ["HTTP_X_LATER"] = "added after"
+    admin = app.as_admin()
+    assert (admin.deadline, admin.queue_address) == (5, "0.1.0.2")
+    assert admin.extra_environ == {"HTTP_X_FROM": "setup", "HTTP_X_LATER": "added after"}
+    assert admin.post_task("/t").json["remaining"] <= 4.5
+
+
 def test_admin_may_send_task_headers(guarded: TaskTestApp) -> None:
     """An admin's ordinary request may carry task headers (testing a handler by hand)."""
     headers = {"X-AppEngine-QueueName": "default", "X-AppEngine-TaskName": "by-hand"}

@@ -129,8 +129,7 @@ class TaskTestApp(webtest.TestApp):  # type: ignore[misc]
         """A copy with the same app, options and signed-in user, and its own cookie jar."""
         options = dict(self._options)
         options.pop("cookiejar", None)  # each copy keeps its own cookies
-        if "extra_environ" in options:
-            options["extra_environ"] = dict(options["extra_environ"])
+        options["extra_environ"] = dict(self.extra_environ)
         copy = type(self)(
             self.app,
             authenticator=self.authenticator,
