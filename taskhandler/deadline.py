@@ -408,6 +408,8 @@ class Watchdog:
         self._closed = False
         self._signal_armed: Armed | None = None
         self._alarm_handler = self._on_alarm
+        # After a fork from another thread, that thread is the child's main thread.
+        self._main_thread = threading.main_thread()
 
     # -- arming -----------------------------------------------------------------------
 
@@ -421,20 +423,25 @@ class Watchdog:
         now = self.clock()
         armed = Armed(self, now + deadline - grace, now + deadline)
         use_signal = (
-            self.use_signals
-            and armed._thread is threading.main_thread()
-            and self._signal_available()
+            self.use_signals and armed._thread is self._main_thread and self._signal_available()
         )
+        due = armed.soft_at
         with self._lock:
             if self._closed:
                 raise RuntimeError("this deadline watchdog is closed")
-            self._live_count += 1
-            self._push_locked(armed, _SOFT)
-            if self._thread is None and self._autostart:
-                self._start_locked()
             if use_signal and self._signal_armed is None:
                 self._signal_armed = armed
                 armed._signal = True
+                due += SIGNAL_FALLBACK
+            self._live_count += 1
+            # _push_locked(), inlined: this runs once per request.
+            entry = (due, next(self._seq), armed, _SOFT)
+            heap = self._heap
+            heapq.heappush(heap, entry)
+            if heap[0] is entry:
+                self._wake.notify()
+            if self._thread is None and self._autostart:
+                self._start_locked()
         if armed._signal:
             signal.setitimer(signal.ITIMER_REAL, max(armed.soft_at - now, 1e-6))
         armed._token = _current.set(armed)
