@@ -1,6 +1,6 @@
 """Benchmark the local push queue: add() rate (single and batched) and in-process dispatch rate.
 
-Run:  python bench/queue.py [--tasks 10000]
+Run:  python bench/local_queue.py [--tasks 10000]
 
 Every figure is printed next to a baseline measured in the same run on the same machine:
 - add(): a bare SQLite INSERT + COMMIT per task, same kind of file (WAL, synchronous=NORMAL);
