@@ -25,6 +25,7 @@ from taskhandler.deadline import (
     AUTOMATIC_SCALING_DEADLINE,
     BASIC_SCALING_DEADLINE,
     DEFAULT_GRACE,
+    SIGNAL_FALLBACK,
     Armed,
     DeadlineExceededError,
     Watchdog,
@@ -472,7 +473,7 @@ def test_cpu_bound_handler_is_interrupted_and_finally_runs(where: str):
     events: list[str] = []
 
     def request() -> Armed:
-        armed = arm(0.05, 0.03)
+        armed = arm(0.3, 0.28)  # the error at 20 ms; a long grace so that it never overruns
         try:
             try:
                 end = time.monotonic() + LIMIT
@@ -524,7 +525,7 @@ def test_bare_except_that_swallows_it(real_wd: Watchdog, returns_after: str, ove
     caught: list[str] = []
 
     def request() -> Armed:
-        armed = real_wd.arm(0.06, 0.03)
+        armed = real_wd.arm(0.25, 0.22)  # the error at 30 ms, again at 250 ms
         try:
             while True:
                 try:
@@ -568,6 +569,22 @@ def test_time_sleep(where: str, interrupted: bool):
     slept = _on_thread(where, request)
     assert slept > 0, "DeadlineExceededError was not raised"
     assert (slept < sleep) is interrupted
+
+
+def test_main_thread_deadline_uses_the_signal_timer():
+    """On the main thread a SIGALRM timer is set (and cleared at disarm); the watchdog
+    thread comes only as a fallback, so it cannot beat the signal to a sleeping thread."""
+    import signal
+
+    armed = arm(30, 10)
+    try:
+        remaining_on_timer = signal.getitimer(signal.ITIMER_REAL)[0]
+        due = [entry[0] for entry in default_watchdog._heap if entry[2] is armed]
+    finally:
+        armed.disarm()
+    assert 19 < remaining_on_timer <= 20
+    assert due == [pytest.approx(armed.soft_at + SIGNAL_FALLBACK)]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_signal_timer_is_only_used_when_sigalrm_is_free():
@@ -625,6 +642,7 @@ def test_stress_requests_ending_around_the_soft_deadline(real_wd: Watchdog):
             counts[key] += 1
 
     def request(length: float) -> None:
+        outcome = "completed"
         armed = real_wd.arm(soft + 0.004, 0.004)
         try:
             try:
@@ -632,13 +650,13 @@ def test_stress_requests_ending_around_the_soft_deadline(real_wd: Watchdog):
                     end = time.monotonic() + length
                     while time.monotonic() < end:
                         work(50)
-                    count("completed")
                 except DeadlineExceededError:
-                    count("in handler")
+                    outcome = "in handler"
             finally:
                 armed.disarm()
         except DeadlineExceededError:
-            count("before disarm")
+            outcome = "before disarm"
+        count(outcome)
         try:  # the server, then the next request on this thread
             end = time.monotonic() + 0.001
             while time.monotonic() < end:
