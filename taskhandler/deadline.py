@@ -49,8 +49,11 @@ inside ``arm()``/``disarm()`` and never after ``disarm()`` returns. The handshak
 
 On the main thread (gunicorn's sync worker, a script, a test) the watchdog also uses a
 ``SIGALRM`` interval timer when ``SIGALRM`` is otherwise unused, so blocking calls there are
-interrupted too. The signal handler follows the same rules (it gives way while the main
-thread is inside ``arm()``/``disarm()`` and tries again a millisecond later).
+interrupted too (the watchdog thread then only steps in 50 ms later, should the signal not
+come). An application that installs its own ``SIGALRM`` handler keeps it: from then on the
+watchdog leaves the signal alone. ``Watchdog(signals=False)`` never uses it. The signal
+handler follows the same rules (it gives way while the main thread is inside
+``arm()``/``disarm()`` and tries again a millisecond later).
 
 What is interrupted, and what is not:
 
@@ -574,7 +577,11 @@ class Watchdog:
         if current == self._alarm_handler:
             return True
         if current is signal.SIG_DFL:
-            signal.signal(signal.SIGALRM, self._alarm_handler)
+            try:
+                signal.signal(signal.SIGALRM, self._alarm_handler)
+            except (ValueError, OSError):
+                self.use_signals = False  # e.g. not the main interpreter: the thread does it all
+                return False
             return True
         return False  # someone else uses SIGALRM: leave it to them, rely on the thread
 
