@@ -38,7 +38,6 @@ from werkzeug.http import parse_cookie
 
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from .access import Refusal
-from .config import AppConfig
 from .context import TaskContext, reset_current, set_current
 from .deadline import AsyncArmed, arm, arm_async
 from .exceptions import PermanentTaskFailure, RetryTask
@@ -53,14 +52,14 @@ from .outcome import (
 )
 from .pipeline import (
     AUTH_PAGE_PREFIX,
+    MiddlewareBase,
     RequestState,
     Settings,
     decide,
-    make_settings,
     refusal_body,
     synthetic_context,
 )
-from .trust import Authenticator, RequestInfo, TrustPolicy
+from .trust import RequestInfo
 
 __all__ = ["TaskMiddleware", "endpoint", "handle_asgi", "request_info", "request_path", "run_task"]
 
@@ -228,7 +227,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-class TaskMiddleware:
+class TaskMiddleware(MiddlewareBase):
     """Trust, strip, protect, describe, time and answer task requests for an ASGI app.
 
     The same keywords and the same decisions as :class:`taskhandler.wsgi.TaskMiddleware`.
@@ -252,23 +251,7 @@ class TaskMiddleware:
         app = TaskMiddleware(app, config=load_app_yaml("app.yaml"))
     """
 
-    def __init__(
-        self,
-        app: ASGIApplication,
-        *,
-        trust: TrustPolicy | None = None,
-        config: AppConfig | None = None,
-        authenticator: Authenticator | None = None,
-        deadline: float | None = None,
-        grace: float | None = None,
-    ) -> None:
-        self.app = app
-        self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
-        self._plain_fast = (
-            not self.settings.rules
-            and self.settings.trust.mode != "development"
-            and not self.settings.serves_pages
-        )
+    app: ASGIApplication
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

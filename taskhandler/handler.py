@@ -330,36 +330,20 @@ class TaskHandler(Generic[F]):
 
     def _webapp_method(self, handler_self: Any, *args: Any, **kwargs: Any) -> None:
         """Run as a method of a webapp2-style ``RequestHandler``: write into its response."""
-        request, response = handler_self.request, handler_self.response
-        captured: list[Any] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            captured[:] = [status, headers]
-            return lambda data: None
-
-        environ = request.environ
+        response = handler_self.response
         inner = functools.partial(self._run_wsgi, bound=handler_self)
+        environ = handler_self.request.environ
         if not isinstance(environ.get("taskhandler.state"), RequestState):
             from .wsgi import TaskMiddleware
 
             app: Any = TaskMiddleware(lambda e, sr: self._gate(e, sr, inner), **self._options)
         else:
             app = lambda e, sr: self._gate(e, sr, inner)  # noqa: E731
-        chunks = app(environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        response.status = captured[0]
+        status, headers, body = call_wsgi(app, environ)
+        response.status = status
         # Replace the list whole: assigning header by header would keep only the last of
         # repeated headers such as Set-Cookie.
-        response.headerlist = [
-            (name, value) for name, value in captured[1] if name.lower() != "content-length"
-        ]
+        response.headerlist = [(n, v) for n, v in headers if n.lower() != "content-length"]
         response.body = body
 
     def _flask_view(self, **_route_args: Any) -> Any:
@@ -367,22 +351,26 @@ class TaskHandler(Generic[F]):
         from flask import request
         from werkzeug.wrappers import Response
 
-        captured: list[Any] = []
+        status, headers, body = call_wsgi(self.wsgi, request.environ)
+        return Response(body, status=status, headers=headers)
 
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            captured[:] = [status, headers]
-            return lambda data: None
 
-        chunks = self.wsgi(request.environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        return Response(body, status=captured[0], headers=captured[1])
+def call_wsgi(app: Any, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call a WSGI app in-process; return its status line, headers and whole body."""
+    captured: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured[:] = [status, headers]
+        return lambda data: None
+
+    chunks = app(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return captured[0], captured[1], body
 
 
 def _read_body(environ: WSGIEnvironment) -> bytes:

@@ -92,6 +92,30 @@ def make_settings(
     )
 
 
+class MiddlewareBase:
+    """What both middlewares do at construction: validate the keywords once (SPEC §12)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        trust: TrustPolicy | None = None,
+        config: AppConfig | None = None,
+        authenticator: Authenticator | None = None,
+        deadline: float | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.app = app
+        self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
+        # Nothing to decide for a request without task headers: no rules, no pages to
+        # serve, no development trust (which makes any request a possible task).
+        self._plain_fast = (
+            not self.settings.rules
+            and self.settings.trust.mode != "development"
+            and not self.settings.serves_pages
+        )
+
+
 class RequestState:
     """Per-request facts the middleware decided, for handlers further in.
 

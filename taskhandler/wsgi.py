@@ -20,7 +20,6 @@ from werkzeug.http import parse_cookie
 
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from .access import Refusal, request_path_wsgi
-from .config import AppConfig
 from .context import TaskContext, reset_current, set_current
 from .deadline import arm
 from .headers import ENVIRON_PREFIXES
@@ -33,8 +32,15 @@ from .outcome import (
     result_for_exception,
     status_line,
 )
-from .pipeline import AUTH_PAGE_PREFIX, RequestState, Settings, decide, make_settings, refusal_body
-from .trust import Authenticator, RequestInfo, TrustPolicy
+from .pipeline import (
+    AUTH_PAGE_PREFIX,
+    MiddlewareBase,
+    RequestState,
+    Settings,
+    decide,
+    refusal_body,
+)
+from .trust import RequestInfo
 
 __all__ = ["TaskMiddleware", "request_info", "run_task"]
 
@@ -101,7 +107,7 @@ def _respond(
     return [body]
 
 
-class TaskMiddleware:
+class TaskMiddleware(MiddlewareBase):
     """Trust, strip, protect, describe, time and answer task requests for a WSGI app.
 
     Args:
@@ -118,19 +124,7 @@ class TaskMiddleware:
         app.wsgi_app = TaskMiddleware(app.wsgi_app, config=load_app_yaml("app.yaml"))
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        trust: TrustPolicy | None = None,
-        config: AppConfig | None = None,
-        authenticator: Authenticator | None = None,
-        deadline: float | None = None,
-        grace: float | None = None,
-    ) -> None:
-        self.app = app
-        self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
-        self._plain_fast = not self.settings.rules and self.settings.trust.mode != "development"
+    app: WSGIApplication
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if isinstance(environ.get(STATE_KEY), RequestState):
