@@ -338,3 +338,26 @@ def test_development_trust_warns_at_start(caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.WARNING, logger="taskhandler"):
         TaskMiddleware(Recorder(), trust=TrustPolicy.development())
     assert any("development trust" in r.getMessage() for r in caplog.records)
+
+
+def test_sign_in_page_is_served_without_access_rules() -> None:
+    """An authenticator's sign-in page answers even when no access rule is configured."""
+    from taskhandler import SignedCookieAuth
+
+    app = Recorder()
+    middleware = TaskMiddleware(app, authenticator=SignedCookieAuth("k" * 32))
+    status, headers, body = call(middleware, REQUEST_METHOD="GET", PATH_INFO="/_ah/login")
+    assert status == "200 OK"
+    assert b"<form" in body
+    assert app.calls == []
+
+
+def test_nested_middlewares_decide_once() -> None:
+    """An inner TaskMiddleware defers to the outer one: one decision, one log record."""
+    app = Recorder()
+    inner = TaskMiddleware(app)  # strict: would strip a stranger's headers
+    outer = TaskMiddleware(inner, trust=TrustPolicy.development())
+    status, headers, _ = call(outer, peer="203.0.113.9", **TASK)
+    assert status == "200 OK"
+    assert headers["X-Task-Outcome"] == "success"
+    assert app.calls[0]["task"].trusted_by == "development"
