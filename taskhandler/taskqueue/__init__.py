@@ -10,6 +10,10 @@ its import::
     taskqueue.use(q)                                  # or: with taskqueue.use(q): ...
     taskqueue.add(url="/tasks/count", params={"amount": "1"}, name="count-1")
     q.run_until_idle(timeout=30)                      # tests; q.start() for a server
+
+In production, ``taskqueue.use(CloudTasksBackend(project, location))`` creates Google Cloud
+Tasks tasks instead (the ``cloudtasks`` extra; google-cloud-tasks is imported only when a
+``CloudTasksBackend`` is made).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from ._task import MAX_TASK_SIZE_BYTES as MAX_TASK_SIZE_BYTES
 from ._task import MAX_URL_LENGTH as MAX_URL_LENGTH
 from ._task import Task as Task
 from ._task import TaskRetryOptions as TaskRetryOptions
+from .cloudtasks import CloudTasksBackend as CloudTasksBackend
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -79,6 +84,7 @@ __all__ = [
     "AddResult",
     "BadTaskStateError",
     "BadTransactionStateError",
+    "CloudTasksBackend",
     "DuplicateTaskNameError",
     "Error",
     "InternalError",

@@ -7,10 +7,11 @@ a :class:`~taskhandler.taskqueue.LocalTaskQueue`), chosen with :func:`use`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -70,6 +71,11 @@ class TaskQueueBackend(Protocol):
     ``enqueue`` returns, for each task in order, the task name it stored or the
     :class:`Error` that refused it. With ``atomic=True`` it stores all or none and raises the
     first error instead.
+
+    A backend whose calls are slow (a network service) may also offer
+    ``enqueue_async(tasks) -> concurrent.futures.Future[list[str | Error]]``: it starts the
+    non-atomic ``enqueue`` and returns at once. ``add_async()`` then returns without waiting
+    for it; without it ``add_async()`` calls ``enqueue``.
     """
 
     def now(self) -> float:
@@ -163,31 +169,70 @@ class use:  # used like a function: taskqueue.use(q), or `with taskqueue.use(q):
 class AddResult(Generic[T]):
     """What ``add_async`` returns: ``get_result()`` gives the task(s) or raises the add's error.
 
-    The local queue stores tasks in well under a millisecond, so the add has already happened
-    when this object is returned; ``get_result()`` never blocks.
+    It behaves like the RPC object App Engine's ``add_async()`` returns. With a backend that
+    offers ``enqueue_async`` (``CloudTasksBackend``) the add is still in flight when this
+    object is returned: ``done()`` tells whether it has finished, and the first of
+    ``get_result()``, ``check_success()`` or ``wait()`` waits for it and then fills in the
+    tasks' ``name``/``queue_name`` and ``was_enqueued`` (as App Engine's result hook did), so
+    read those only after one of them. With the local queue the add has already happened
+    (it takes well under a millisecond) and nothing blocks.
+
+    Each object is safe to use from several threads; the outcome is settled once and every
+    later call gives the same task(s) or raises the same error.
     """
 
-    def __init__(self, value: T | None = None, error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        value: T | None = None,
+        error: BaseException | None = None,
+        *,
+        future: concurrent.futures.Future[list[str | Error]] | None = None,
+        finish: Callable[[list[str | Error]], T] | None = None,
+    ) -> None:
+        if (future is None) != (finish is None):
+            raise TypeError("AddResult: future and finish go together")
         self._value = value
         self._error = error
+        self._future = future
+        self._finish = finish
+        self._lock = threading.Lock()
+
+    def _settle(self) -> None:
+        # Unlocked fast path: _future only ever goes from a future to None.
+        if self._future is None:
+            return
+        with self._lock:
+            future, finish = self._future, self._finish
+            if future is None or finish is None:
+                return
+            try:
+                self._value = finish(future.result())
+            except Exception as exc:  # the add's error, kept to raise on every call
+                self._error = exc
+            self._future = None
+            self._finish = None
 
     def get_result(self) -> T:
-        """The added task (or list of tasks); raises the error the add met, if any."""
+        """Wait for the add; return the added task (or list of tasks) or raise its error."""
+        self._settle()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
 
     def check_success(self) -> None:
-        """Raise the add's error, if any."""
+        """Wait for the add; raise its error, if any."""
+        self._settle()
         if self._error is not None:
             raise self._error
 
     def wait(self) -> None:
-        """Return at once: the add is complete (kept for the RPC interface)."""
+        """Wait for the add to complete, without raising its error."""
+        self._settle()
 
     def done(self) -> bool:
-        """Always True (kept for the RPC interface)."""
-        return True
+        """Whether the add has completed (``get_result()`` will not block)."""
+        future = self._future
+        return future is None or future.done()
 
 
 # -- transactions ----------------------------------------------------------------------------
@@ -331,6 +376,14 @@ class Queue:
 
         Errors in the arguments (too many tasks, duplicate names, a task already added) are
         raised here; errors from the queue (unknown queue, existing name) by ``get_result()``.
+        With a backend that offers ``enqueue_async`` (``CloudTasksBackend``) it returns
+        before the backend has answered; the tasks are marked enqueued by the first
+        ``get_result()``, ``check_success()`` or ``wait()`` (see :class:`AddResult`).
+
+        Example:
+            >>> rpc = taskqueue.Queue("mail").add_async(tasks)   # doctest: +SKIP
+            >>> render_page()                                    # doctest: +SKIP
+            >>> rpc.get_result()                                 # doctest: +SKIP
         """
         multiple = not isinstance(task, Task)
         tasks: list[Task] = [task] if isinstance(task, Task) else list(task)
@@ -353,11 +406,33 @@ class Queue:
         if transactional:
             self._add_transactional(tasks)
             return _done(tasks, multiple)
+
+        def finish(results: list[str | Error]) -> Any:
+            return self._finish(tasks, multiple, results)
+
         try:
             backend = current_backend()
-            results = backend.enqueue([_record(self._name, item) for item in tasks])
+            records = [_record(self._name, item) for item in tasks]
+            enqueue_async = getattr(backend, "enqueue_async", None)
+            if enqueue_async is not None:
+                future: concurrent.futures.Future[list[str | Error]] = enqueue_async(records)
+                return AddResult[Any](future=future, finish=finish)
+            results = backend.enqueue(records)
         except Error as exc:
             return AddResult(error=exc)
+        try:
+            return AddResult[Any](finish(results))
+        except Error as exc:
+            return AddResult(error=exc)
+
+    def _finish(
+        self, tasks: list[Task], multiple: bool, results: list[str | Error]
+    ) -> Task | list[Task]:
+        """Mark the stored tasks enqueued; raise the error to report, as App Engine chose it.
+
+        That is the first error other than ``TaskAlreadyExistsError``/``TombstonedTaskError``
+        if any, else the first of those.
+        """
         error: Error | None = None
         for item, result in zip(tasks, results, strict=True):
             if isinstance(result, str):
@@ -365,8 +440,8 @@ class Queue:
             elif error is None or isinstance(error, (TaskAlreadyExistsError, TombstonedTaskError)):
                 error = result
         if error is not None:
-            return AddResult(error=error)
-        return _done(tasks, multiple)
+            raise error
+        return tasks if multiple else tasks[0]
 
     def _add_transactional(self, tasks: list[Task]) -> None:
         txn = _transaction.get()
@@ -449,5 +524,8 @@ def add_async(
     transactional: bool = False,
     **kwargs: Any,
 ) -> AddResult[Task]:
-    """Like :func:`add`; returns an object whose ``get_result()`` gives the task."""
+    """Like :func:`add`; returns an :class:`AddResult` whose ``get_result()`` gives the task.
+
+    It returns without waiting for a backend that offers ``enqueue_async``.
+    """
     return Task(payload, **kwargs).add_async(queue_name=queue_name, transactional=transactional)
