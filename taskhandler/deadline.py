@@ -55,7 +55,8 @@ watchdog leaves the signal alone. ``Watchdog(signals=False)`` never uses it. The
 handler follows the same rules (it gives way while the main thread is inside
 ``arm()``/``disarm()`` and tries again a millisecond later).
 
-What is interrupted, and what is not:
+What is interrupted, and what is not (CPython 3.10-3.12; on 3.13 see
+:data:`INTERRUPTS_SUPPORTED`):
 
 - Python code, in any thread: within a few milliseconds of the soft deadline (a thread
   switch interval, 5 ms by default, is the usual delay). ``finally`` blocks and ``with``
@@ -125,6 +126,7 @@ __all__ = [
     "AUTOMATIC_SCALING_DEADLINE",
     "BASIC_SCALING_DEADLINE",
     "DEFAULT_GRACE",
+    "INTERRUPTS_SUPPORTED",
     "Armed",
     "AsyncArmed",
     "DeadlineExceededError",
@@ -147,6 +149,14 @@ RETRY_INTERVAL = 0.0005
 #: With a signal timer, the watchdog thread is only the fallback (e.g. someone else reset
 #: the timer), so it comes this much later than the signal.
 SIGNAL_FALLBACK = 0.05
+
+#: Whether the watchdog interrupts threads by default. CPython 3.13 can let an exception
+#: raised between two bytecodes -- by ``PyThreadState_SetAsyncExc`` or by a signal handler --
+#: skip the ``except`` and ``finally`` blocks of the code it lands in (python/cpython#139622),
+#: which would break every promise above; there the watchdog only keeps time (``overran()``,
+#: ``remaining()``, :func:`check_deadline`) unless ``Watchdog(interrupt=True)`` says otherwise.
+#: Async handlers are not affected.
+INTERRUPTS_SUPPORTED = sys.version_info < (3, 13)
 
 T = TypeVar("T")
 
@@ -367,6 +377,9 @@ class Watchdog:
             ``SIGALRM`` has no other handler (only with the real ``time.monotonic`` clock).
         thread: start the watchdog thread on first use. Without it nothing fires unless
             :meth:`fire_due` is called.
+        interrupt: raise the error in the armed thread at all (default: where the
+            interpreter supports it, see :data:`INTERRUPTS_SUPPORTED`). Without it a deadline
+            only keeps time: ``overran()``, ``remaining()`` and :func:`check_deadline`.
 
     Example::
 
@@ -383,11 +396,13 @@ class Watchdog:
         clock: Callable[[], float] = time.monotonic,
         signals: bool = True,
         thread: bool = True,
+        interrupt: bool | None = None,
     ) -> None:
         if not callable(clock):
             raise ConfigError(f"clock must be callable, got {clock!r}", value=clock)
         self.clock = clock
-        self.use_signals = bool(signals) and clock is time.monotonic
+        self.interrupt = INTERRUPTS_SUPPORTED if interrupt is None else bool(interrupt)
+        self.use_signals = bool(signals) and clock is time.monotonic and self.interrupt
         self._autostart = thread
         self._init_state()
         ref = weakref.ref(self)
@@ -425,6 +440,12 @@ class Watchdog:
         """
         now = self.clock()
         armed = Armed(self, now + deadline - grace, now + deadline)
+        if not self.interrupt:
+            armed._phase = _DONE  # nothing to deliver: no heap entry, no signal
+            with self._lock:
+                self._live_count += 1
+            armed._token = _current.set(armed)
+            return armed
         use_signal = (
             self.use_signals and armed._thread is self._main_thread and self._signal_available()
         )
