@@ -292,6 +292,7 @@ class Armed:
         """
         wd = self._watchdog
         stop_timer = False
+        ended = wd.clock()  # outside the lock: keep the section free of thread switches
         with wd._lock:
             if self._injected:
                 # First thing under the lock, before any bytecode that could let a pending
@@ -299,7 +300,7 @@ class Armed:
                 _set_async_exc(self._tid, _NULL)
             if self._live:
                 self._live = False
-                self._ended_at = wd.clock()
+                self._ended_at = ended
                 wd._live_count -= 1
                 if self._phase != _DONE:
                     wd._stale += 1
@@ -450,6 +451,7 @@ class Watchdog:
             self.use_signals and armed._thread is self._main_thread and self._signal_available()
         )
         due = armed.soft_at
+        seq = next(self._seq)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this deadline watchdog is closed")
@@ -459,7 +461,7 @@ class Watchdog:
                 due += SIGNAL_FALLBACK
             self._live_count += 1
             # _push_locked(), inlined: this runs once per request.
-            entry = (due, next(self._seq), armed, _SOFT)
+            entry = (due, seq, armed, _SOFT)
             heap = self._heap
             heapq.heappush(heap, entry)
             if heap[0] is entry:
