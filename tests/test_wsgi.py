@@ -346,7 +346,7 @@ def test_sign_in_page_is_served_without_access_rules() -> None:
 
     app = Recorder()
     middleware = TaskMiddleware(app, authenticator=SignedCookieAuth("k" * 32))
-    status, headers, body = call(middleware, REQUEST_METHOD="GET", PATH_INFO="/_ah/login")
+    status, _, body = call(middleware, REQUEST_METHOD="GET", PATH_INFO="/_ah/login")
     assert status == "200 OK"
     assert b"<form" in body
     assert app.calls == []
