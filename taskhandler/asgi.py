@@ -46,9 +46,11 @@ from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
     Result,
-    log_task,
+    app_outcome,
+    conclude,
+    failure,
+    failure_response,
     outcome_for_status,
-    result_for_exception,
 )
 from .pipeline import (
     AUTH_PAGE_PREFIX,
@@ -380,36 +382,25 @@ async def run_task(
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
-        result = result_for_exception(exc)
-        log.error(
-            "task %s/%s raised %s", ctx.queue_name, ctx.task_name, type(exc).__name__, exc_info=exc
-        )
+        result = failure(ctx, exc)
     finally:
         reset_current(token)
     path = request_path(scope)
     path_text = path if isinstance(path, str) else str(scope.get("path", ""))
     duration = time.perf_counter() - started
 
-    if result is None and armed.overran():
-        result = Result(500, "deadline-exceeded", "the handler ran past its deadline")
-        log.error("task %s/%s ran past its deadline", ctx.queue_name, ctx.task_name)
+    result = conclude(ctx, result, armed.overran(), duration, path_text)
     if result is not None:
-        log_task(ctx, result.status, result.outcome, duration, path_text, result.reason)
         await _plain(send, result)
         return
 
     message = start[0]
     status = int(message.get("status", 500))
     headers = list(message.get("headers", ()))
-    outcome: str | None = None
-    for name, value in headers:
-        if name.lower() == _OUTCOME_NAME:
-            outcome = _text(value)
-            break
-    if outcome is None:
-        outcome = outcome_for_status(status)
+    declared = next((_text(v) for n, v in headers if n.lower() == _OUTCOME_NAME), None)
+    outcome = app_outcome(ctx, status, declared, duration, path_text)
+    if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
-    log_task(ctx, status, outcome, duration, path_text)
     await send({**message, "headers": headers})
     body = [m for m in rest if m["type"] == "http.response.body"]
     await send(
@@ -425,17 +416,8 @@ async def run_task(
 
 
 async def _plain(send: Send, result: Result) -> None:
-    body = f"{result.outcome}\n".encode()
-    await _respond(
-        send,
-        result.status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            (OUTCOME_HEADER, result.outcome),
-        ],
-        body,
-    )
+    headers, body = failure_response(result)
+    await _respond(send, result.status, headers, body)
 
 
 # -- @task_handler on async def functions --------------------------------------------------

@@ -27,6 +27,7 @@ from .exceptions import ConfigError, PermanentTaskFailure, RetryTask
 from .outcome import (
     OUTCOME_HEADER,
     Result,
+    failure_response,
     give_up,
     outcome_for_status,
     result_for_exception,
@@ -387,15 +388,8 @@ def _read_body(environ: WSGIEnvironment) -> bytes:
 
 
 def _plain(start_response: StartResponse, result: Result) -> list[bytes]:
-    body = f"{result.outcome}\n".encode()
-    start_response(
-        status_line(result.status),
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            (OUTCOME_HEADER, result.outcome),
-        ],
-    )
+    headers, body = failure_response(result)
+    start_response(status_line(result.status), headers)
     return [body]
 
 

@@ -122,3 +122,45 @@ def log_task(
         f" reason={reason}" if reason else "",
         extra={"taskhandler": fields},
     )
+
+
+def failure(ctx: TaskContext, exc: BaseException) -> Result:
+    """The result for an exception that escaped a task request's app, logged with its traceback."""
+    log.error(
+        "task %s/%s raised %s", ctx.queue_name, ctx.task_name, type(exc).__name__, exc_info=exc
+    )
+    return result_for_exception(exc)
+
+
+def failure_response(result: Result) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers and body answering a failed task request: the outcome word, never a traceback."""
+    body = f"{result.outcome}\n".encode()
+    return [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        (OUTCOME_HEADER, result.outcome),
+    ], body
+
+
+def conclude(
+    ctx: TaskContext, result: Result | None, overran: bool, duration: float, path: str
+) -> Result | None:
+    """End a task request that failed or overran: the result to answer with, logged once.
+
+    ``None`` means the app's own answer stands; :func:`app_outcome` then logs it.
+    """
+    if result is None and overran:
+        result = Result(500, "deadline-exceeded", "the handler ran past its deadline")
+        log.error("task %s/%s ran past its deadline", ctx.queue_name, ctx.task_name)
+    if result is not None:
+        log_task(ctx, result.status, result.outcome, duration, path, result.reason)
+    return result
+
+
+def app_outcome(
+    ctx: TaskContext, status: int, declared: str | None, duration: float, path: str
+) -> str:
+    """The outcome of the app's own answer (its ``X-Task-Outcome``, else by status), logged."""
+    outcome = declared if declared is not None else outcome_for_status(status)
+    log_task(ctx, status, outcome, duration, path)
+    return outcome

@@ -27,9 +27,10 @@ from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
     Result,
-    log_task,
-    outcome_for_status,
-    result_for_exception,
+    app_outcome,
+    conclude,
+    failure,
+    failure_response,
     status_line,
 )
 from .pipeline import (
@@ -246,26 +247,15 @@ def run_task(
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
-        result = result_for_exception(exc)
-        log.error(
-            "task %s/%s raised %s", ctx.queue_name, ctx.task_name, type(exc).__name__, exc_info=exc
-        )
+        result = failure(ctx, exc)
     finally:
         reset_current(token)
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     duration = time.perf_counter() - started
 
-    if result is None and armed.overran():
-        result = Result(500, "deadline-exceeded", "the handler ran past its deadline")
-        log.error("task %s/%s ran past its deadline", ctx.queue_name, ctx.task_name)
+    result = conclude(ctx, result, armed.overran(), duration, path)
     if result is not None:
-        payload = f"{result.outcome}\n".encode()
-        headers = [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(payload))),
-            (OUTCOME_HEADER, result.outcome),
-        ]
-        log_task(ctx, result.status, result.outcome, duration, path, result.reason)
+        headers, payload = failure_response(result)
         start_response(status_line(result.status), headers)
         return [payload]
 
@@ -275,14 +265,9 @@ def run_task(
     except ValueError:
         status = 500
         status_text = status_line(500)
-    outcome = None
-    for name, value in headers:
-        if name.lower() == OUTCOME_HEADER_LOWER:
-            outcome = value
-            break
-    if outcome is None:
-        outcome = outcome_for_status(status)
+    declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER_LOWER), None)
+    outcome = app_outcome(ctx, status, declared, duration, path)
+    if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
-    log_task(ctx, status, outcome, duration, path)
     start_response(status_text, headers)
     return [b"".join(body)] if len(body) != 1 else body
