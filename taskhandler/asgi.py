@@ -373,7 +373,7 @@ async def run_task(
     started = time.perf_counter()
     result: Result | None = None
     armed = arm_async(settings.deadline, settings.grace)
-    ctx.__pydantic_private__["_deadline"] = armed  # type: ignore[index]
+    ctx._attach_deadline(armed)
     try:
         # DeadlineExceededError is raised at the await where the app is suspended.
         await armed.run(app(scope, receive, capture))

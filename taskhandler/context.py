@@ -126,6 +126,10 @@ class TaskContext(BaseModel):
             return None
         return max(0.0, self._deadline.remaining())
 
+    def _attach_deadline(self, deadline: _Deadline) -> None:
+        """Let :meth:`time_remaining` read ``deadline`` (the adapters call it when they arm)."""
+        self._deadline = deadline
+
     def _key(self) -> tuple[Any, ...]:
         return (
             self.queue_name,

@@ -229,7 +229,7 @@ def run_task(
     result: Result | None = None
     deadline_s, grace_s = environ.get(DEADLINE_KEY) or (settings.deadline, settings.grace)
     armed = arm(deadline_s, grace_s)
-    ctx.__pydantic_private__["_deadline"] = armed  # type: ignore[index]
+    ctx._attach_deadline(armed)
     try:
         try:
             chunks: Iterator[bytes] | Iterable[bytes] = app(environ, capture)
