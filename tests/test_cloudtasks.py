@@ -9,13 +9,14 @@ tested against the open-source emulator in ``test_cloudtasks_emulator.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import logging
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -135,9 +136,12 @@ class FakeCloudTasks:
         )
 
 
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeCloudTasks, tasks_v2.CloudTasksClient]]:
-    service = FakeCloudTasks()
+S = TypeVar("S", bound="FakeCloudTasks")
+
+
+@contextlib.contextmanager
+def serving(service: S) -> Iterator[tuple[S, tasks_v2.CloudTasksClient]]:
+    """Serve ``service`` on a real gRPC server on 127.0.0.1; yield it with a client bound to it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((service.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -150,6 +154,12 @@ def fake() -> Iterator[tuple[FakeCloudTasks, tasks_v2.CloudTasksClient]]:
         service.gate.set()
         channel.close()
         server.stop(grace=None).wait(5)
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeCloudTasks, tasks_v2.CloudTasksClient]]:
+    with serving(FakeCloudTasks()) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any
 
 import pytest
@@ -19,11 +18,10 @@ pytest.importorskip("google.cloud.tasks_v2", reason="the cloudtasks extra is not
 
 import grpc
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from taskhandler import taskqueue
 from taskhandler.taskqueue import CloudTasksBackend, LocalTaskQueue, ManualClock, Task
-from tests.test_cloudtasks import LOCATION, NOW, PARENT, PROJECT, FakeCloudTasks
+from tests.test_cloudtasks import LOCATION, NOW, PARENT, PROJECT, FakeCloudTasks, serving
 
 WAIT = 10.0  # bound on every wait; the events are set long before it in a passing run
 DEFAULT = f"{PARENT}/queues/default"
@@ -45,19 +43,8 @@ class HeldCloudTasks(FakeCloudTasks):
 
 @pytest.fixture
 def fake() -> Iterator[tuple[HeldCloudTasks, tasks_v2.CloudTasksClient]]:
-    service = HeldCloudTasks()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((service.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
-    try:
-        yield service, client
-    finally:
-        service.gate.set()
-        channel.close()
-        server.stop(grace=None).wait(5)
+    with serving(HeldCloudTasks()) as pair:
+        yield pair
 
 
 @pytest.fixture
