@@ -41,7 +41,7 @@ from .access import Refusal
 from .context import TaskContext, reset_current, set_current
 from .deadline import AsyncArmed, arm, arm_async
 from .exceptions import PermanentTaskFailure, RetryTask
-from .headers import TASK_HEADER_PREFIXES
+from .headers import TASK_HEADER_PREFIXES, parse_task_headers
 from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
@@ -54,6 +54,7 @@ from .outcome import (
 )
 from .pipeline import (
     AUTH_PAGE_PREFIX,
+    Location,
     MiddlewareBase,
     RequestState,
     Settings,
@@ -297,28 +298,30 @@ class TaskMiddleware(MiddlewareBase):
                 return
             receive = go_on
 
-        decision = decide(
+        refusal, strip = decide(
             state,
             peer=scope["client"][0] if scope.get("client") else None,
-            task_headers=task_headers,
+            task_fields=(lambda: parse_task_headers(task_headers)) if task_headers else None,
             header=_header_lookup(headers),
-            path=lambda: request_path(scope),
-            scheme=scope.get("scheme", "http"),
-            host=_host(scope),
-            query_string=_text(scope.get("query_string", b"")),
+            locate=lambda: Location(
+                request_path(scope),
+                scope.get("scheme", "http"),
+                _host(scope),
+                _text(scope.get("query_string", b"")),
+            ),
         )
-        if decision.strip:
+        if strip:
             scope["headers"] = kept  # a new list: the caller's is left as it was
             scope[STRIPPED_KEY] = stripped
             state.stripped = tuple(stripped)
-        if decision.refusal is not None:
-            extra, body = refusal_body(decision.refusal)
-            await _respond(send, decision.refusal.status, extra, body)
+        if refusal is not None:
+            extra, body = refusal_body(refusal)
+            await _respond(send, refusal.status, extra, body)
             return
-        if decision.context is None:
+        if state.context is None:
             await self.app(scope, receive, send)
             return
-        await run_task(self.app, scope, receive, send, decision.context, settings)
+        await run_task(self.app, scope, receive, send, state.context, settings)
 
     async def _auth_page(
         self, scope: Scope, receive: Receive, send: Send, state: RequestState

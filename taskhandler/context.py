@@ -88,12 +88,11 @@ class TaskContext(BaseModel):
         parser just proved); the round-trip tests hold it equal to a validated instance.
         """
         fields["trusted_by"] = trusted_by
-        ctx = cls.__new__(cls)
-        _set = object.__setattr__
+        ctx = _new(cls)
         _set(ctx, "__dict__", fields)
-        _set(ctx, "__pydantic_fields_set__", set(_ALL_FIELDS))
-        _set(ctx, "__pydantic_extra__", None)
-        _set(ctx, "__pydantic_private__", {"_deadline": None})
+        _set_fields_set(ctx, set(_ALL_FIELDS))
+        _set_extra(ctx, None)
+        _set_private(ctx, {"_deadline": None})
         return ctx
 
     def to_headers(self, *, cloud_tasks: bool = False) -> dict[str, str]:
@@ -128,7 +127,10 @@ class TaskContext(BaseModel):
 
     def _attach_deadline(self, deadline: _Deadline) -> None:
         """Let :meth:`time_remaining` read ``deadline`` (the adapters call it when they arm)."""
-        self._deadline = deadline
+        # What assigning the private attribute does, without pydantic's __setattr__ on the way.
+        private = self.__pydantic_private__
+        assert private is not None
+        private["_deadline"] = deadline
 
     def _key(self) -> tuple[Any, ...]:
         return (
@@ -152,6 +154,12 @@ class TaskContext(BaseModel):
 
 
 _ALL_FIELDS = frozenset(TaskContext.model_fields)
+# What pydantic's own constructor sets on an instance, set directly (see _from_parsed).
+_new = object.__new__
+_set = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 _current: ContextVar[TaskContext | None] = ContextVar("taskhandler_current_task", default=None)
 

@@ -251,6 +251,7 @@ class Armed:
     """One armed deadline for one request in one thread (see :meth:`Watchdog.arm`).
 
     Attributes:
+        started_at: clock time of arming.
         soft_at: clock time of the soft deadline (when the error is raised).
         hard_at: clock time of the deadline itself.
         fired: True once the error was raised, or scheduled to be raised, in the handler.
@@ -269,10 +270,14 @@ class Armed:
         "fired",
         "hard_at",
         "soft_at",
+        "started_at",
     )
 
-    def __init__(self, watchdog: Watchdog, soft_at: float, hard_at: float) -> None:
+    def __init__(
+        self, watchdog: Watchdog, started_at: float, soft_at: float, hard_at: float
+    ) -> None:
         self._watchdog = watchdog
+        self.started_at = started_at
         self.soft_at = soft_at
         self.hard_at = hard_at
         self.fired = False
@@ -331,6 +336,13 @@ class Armed:
         if end is None:
             end = self._watchdog.clock()
         return self.soft_at - end
+
+    def elapsed(self) -> float:
+        """Seconds from arming to disarming (or to now, while armed)."""
+        end = self._ended_at
+        if end is None:
+            end = self._watchdog.clock()
+        return end - self.started_at
 
     def _check(self) -> None:
         wd = self._watchdog
@@ -440,7 +452,7 @@ class Watchdog:
         Also makes :func:`check_deadline` work in this thread until :meth:`Armed.disarm`.
         """
         now = self.clock()
-        armed = Armed(self, now + deadline - grace, now + deadline)
+        armed = Armed(self, now, now + deadline - grace, now + deadline)
         if not self.interrupt:
             armed._phase = _DONE  # nothing to deliver: no heap entry, no signal
             with self._lock:

@@ -6,8 +6,11 @@ does, so every value is checked against one narrow grammar and refused otherwise
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,10 +22,14 @@ __all__ = [
     "ENVIRON_PREFIXES",
     "FIELD_SUFFIXES",
     "TASK_HEADER_PREFIXES",
+    "FieldPlan",
+    "fields_of",
     "format_eta",
     "is_task_header",
     "normalize_name",
+    "parse_fields",
     "parse_task_fields",
+    "parse_task_headers",
 ]
 
 APPENGINE = "X-AppEngine-"
@@ -87,25 +94,34 @@ def _canonical(name: str) -> str:
     return name
 
 
-def _count(header: str, value: str) -> int:
+NameOf = Callable[[str], str]
+"""``TaskContext`` field -> the header it came from, spelled for an error message."""
+
+
+def _count(value: str, name_of: NameOf, field: str) -> int:
     # Values are ASCII-checked already: isdigit() alone also accepts full-width digits.
-    if not (value.isdigit() and 0 < len(value) <= _MAX_COUNT_DIGITS):
-        raise InvalidTaskHeaders(header, value, f"expected 1-{_MAX_COUNT_DIGITS} ASCII digits")
-    return int(value)
+    if value.isdigit() and len(value) <= _MAX_COUNT_DIGITS:
+        return int(value)
+    raise InvalidTaskHeaders(name_of(field), value, f"expected 1-{_MAX_COUNT_DIGITS} ASCII digits")
 
 
-def _name(header: str, value: str, pattern: re.Pattern[str]) -> str:
+def _name(value: str, name_of: NameOf, field: str, pattern: re.Pattern[str]) -> str:
     match = pattern.fullmatch(value)
     if match is None:
-        raise InvalidTaskHeaders(header, value, "expected 1-500 of A-Z a-z 0-9 _ -")
+        raise InvalidTaskHeaders(name_of(field), value, "expected 1-500 of A-Z a-z 0-9 _ -")
     return match.group(1)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UTC = timezone.utc
 _MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last datetime
+# Up to 3,999,999,999 s (below 2**32) with at most six decimals: a double resolves a
+# microsecond there with room to spare, and float() rounds to the nearest double, so
+# fromtimestamp(float(value)) lands on the exact microsecond. The rest take the long road.
+_SHORT_ETA_RE = re.compile(r"[0-3]?[0-9]{1,9}(?:\.[0-9]{1,6})?")
 
 
-def _eta(header: str, value: str) -> datetime | None:
+def _eta(value: str, name_of: NameOf) -> datetime | None:
     if value == "":
         return None
     whole, dot, fraction = value.partition(".")
@@ -115,12 +131,14 @@ def _eta(header: str, value: str) -> datetime | None:
         and len(whole) <= 12
         and (not dot or (fraction.isdigit() and len(fraction) <= 20))
     ):
-        raise InvalidTaskHeaders(header, value, "expected seconds since the epoch, digits[.digits]")
+        raise InvalidTaskHeaders(
+            name_of("eta"), value, "expected seconds since the epoch, digits[.digits]"
+        )
     seconds = int(whole)
     if seconds > _MAX_EPOCH_SECONDS:
-        raise InvalidTaskHeaders(header, value, "out of range")
+        raise InvalidTaskHeaders(name_of("eta"), value, "out of range")
     micros = int(fraction[:6].ljust(6, "0")) if dot else 0
-    return _EPOCH + timedelta(seconds=seconds, microseconds=micros)
+    return _EPOCH + timedelta(0, seconds, micros)
 
 
 def format_eta(eta: datetime) -> str:
@@ -130,19 +148,44 @@ def format_eta(eta: datetime) -> str:
     return f"{whole}.{delta.microseconds:06d}"
 
 
-# header name -> (field, canonical spelling), for the lower-case dash spelling and for the
-# WSGI environ key spelling (HTTP_X_APPENGINE_QUEUENAME), so WSGI needs no renaming pass.
-_FIELD_OF: dict[str, tuple[str, str]] = {}
+# header name -> field and header name -> canonical spelling, for the lower-case dash
+# spelling and for the WSGI environ key spelling (HTTP_X_APPENGINE_QUEUENAME), so WSGI
+# needs no renaming pass.
+_FIELD_OF: dict[str, str] = {}
+_CANONICAL_OF: dict[str, str] = {}
 for _field, _suffix in FIELD_SUFFIXES.items():
     for _prefix, _family in (("x-appengine-", APPENGINE), ("x-cloudtasks-", CLOUDTASKS)):
         if _field == "fail_fast" and _family == CLOUDTASKS:
             continue
         _lower = _prefix + _suffix.lower()
-        _FIELD_OF[_lower] = _FIELD_OF["HTTP_" + _lower.upper().replace("-", "_")] = (
-            _field,
-            _family + _suffix,
-        )
+        for _spelling in (_lower, "HTTP_" + _lower.upper().replace("-", "_")):
+            _FIELD_OF[_spelling] = _field
+            _CANONICAL_OF[_spelling] = _family + _suffix
 TASK_FIELD_NAMES = frozenset(_FIELD_OF)
+_PLAIN_NAME_RE = re.compile(_NAME)
+
+
+def _header_of(values: Mapping[str, str], field: str) -> str:
+    """The canonical spelling of the first header in ``values`` for ``field`` (for messages)."""
+    for name in values:
+        if _FIELD_OF.get(name) == field:
+            return _CANONICAL_OF[name]
+    return APPENGINE + FIELD_SUFFIXES[field]
+
+
+def _conflict(values: Mapping[str, str], field: str) -> InvalidTaskHeaders:
+    """The error for two spellings of one field with different values."""
+    first: tuple[str, str] | None = None
+    for name, value in values.items():
+        if _FIELD_OF.get(name) != field:
+            continue
+        if first is None:
+            first = (_CANONICAL_OF[name], value)
+        elif value != first[1]:
+            return InvalidTaskHeaders(
+                first[0], f"{first[1]} / {value}", f"conflicts with {_CANONICAL_OF[name]}"
+            )
+    raise AssertionError("no conflicting values")  # pragma: no cover - callers checked
 
 
 def collect(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -163,61 +206,223 @@ def has_task_fields(values: Mapping[str, str]) -> bool:
     return not TASK_FIELD_NAMES.isdisjoint(values)
 
 
-def parse_task_fields(values: Mapping[str, str]) -> dict[str, Any]:
-    """Parse normalised task headers into ``TaskContext`` field values.
+def fields_of(values: Mapping[str, str]) -> dict[str, str]:
+    """Task header values by ``TaskContext`` field; other ``X-AppEngine-*`` headers are left out.
 
     Args:
         values: header name -> value, names either lower-case dash-spelled (see
             :func:`collect`) or WSGI environ keys (``HTTP_X_APPENGINE_QUEUENAME``).
 
     Raises:
+        InvalidTaskHeaders: two spellings of one field (``X-AppEngine-`` and
+            ``X-CloudTasks-``) with different values.
+    """
+    raw: dict[str, str] = {}
+    for name, value in values.items():
+        field = _FIELD_OF.get(name)
+        if field is None:  # another X-AppEngine-* header (Country, CityLatLong, ...)
+            continue
+        if field in raw and raw[field] != value:
+            raise _conflict(values, field)
+        raw[field] = value
+    return raw
+
+
+def parse_task_fields(values: Mapping[str, str]) -> dict[str, Any]:
+    """Parse normalised task headers into ``TaskContext`` field values.
+
+    Args:
+        values: header name -> value, as for :func:`fields_of`.
+
+    Raises:
         InvalidTaskHeaders: naming the header and the bad value.
     """
-    raw: dict[str, tuple[str, str]] = {}
-    joined = []
-    for name, value in values.items():
-        known = _FIELD_OF.get(name)
-        if known is None:  # another X-AppEngine-* header (Country, CityLatLong, ...)
-            continue
-        field, canonical = known
-        seen = raw.get(field)
-        if seen is not None and seen[1] != value:
-            raise InvalidTaskHeaders(seen[0], f"{seen[1]} / {value}", f"conflicts with {canonical}")
-        raw[field] = (canonical, value)
-        joined.append(value)
-    text = "".join(joined)
+    return parse_fields(fields_of(values), functools.partial(_header_of, values))
+
+
+def parse_task_headers(values: Mapping[str, str]) -> dict[str, Any] | None:
+    """:func:`parse_task_fields`, or ``None`` when no header describes a task (Country, ...)."""
+    if TASK_FIELD_NAMES.isdisjoint(values):
+        return None
+    return parse_task_fields(values)
+
+
+# The usual value of each field, as a regular expression that only admits values the
+# checks of parse_fields() accept and convert the same way (a subset of the grammar: bare
+# names, the short ETA form). A request whose values all match needs only converting.
+_USUAL = {
+    "queue_name": _NAME,
+    "task_name": _NAME,
+    "retry_count": r"[0-9]{1,10}",
+    "execution_count": r"[0-9]{1,10}",
+    "eta": _SHORT_ETA_RE.pattern,
+    "previous_response": r"[0-9]{1,10}",
+    "retry_reason": rf"[\x20-\x2b\x2d-\x7e]{{0,{_MAX_TEXT}}}",  # printable ASCII but ","
+    "fail_fast": r"[\x20-\x2b\x2d-\x7e]*",
+}
+
+
+_COUNT_FIELDS = frozenset(("retry_count", "execution_count", "previous_response"))
+# TaskContext values of the fields a request leaves out, in field order.
+_DEFAULTS: dict[str, Any] = {
+    "queue_name": None,
+    "task_name": None,
+    "retry_count": 0,
+    "execution_count": 0,
+    "eta": None,
+    "previous_response": None,
+    "retry_reason": None,
+    "fail_fast": False,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """Which header names give which ``TaskContext`` field, worked out once per set of names.
+
+    A server sends the same header names request after request, so an adapter can cache
+    the plan by its names: :meth:`parse` then looks the values up in one call and checks
+    them all with one regular expression, falling back to :func:`parse_fields` (which
+    names the culprit) when any value is unusual.
+    """
+
+    fields: tuple[str, ...]
+    """The fields present, in the order of ``headers``."""
+    headers: tuple[str, ...]
+    """The header name (or environ key) each field comes from."""
+    names: Mapping[str, str]
+    """field -> canonical header spelling, for messages."""
+    _get: Callable[[Mapping[str, str]], Any]
+    _usual: re.Pattern[str] | None
+    _counts: tuple[str, ...]
+    _eta: bool
+    _fail_fast: bool
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> FieldPlan | None:
+        """The plan for these header names; ``None`` when two of them give one field.
+
+        Two spellings of one field (``X-AppEngine-`` and ``X-CloudTasks-``) must be
+        compared value by value: :func:`parse_task_fields` does that.
+        """
+        headers: dict[str, str] = {}
+        for name in names:
+            field = _FIELD_OF.get(name)
+            if field is None:
+                continue
+            if field in headers:
+                return None
+            headers[field] = name
+        fields = tuple(headers)
+        usual = None
+        if "queue_name" in headers and "task_name" in headers:  # else parse_fields() refuses
+            usual = re.compile("\n".join(f"(?:{_USUAL[field]})" for field in fields))
+        getter = operator.itemgetter(*headers.values()) if len(headers) > 1 else _one(headers)
+        return cls(
+            fields,
+            tuple(headers.values()),
+            {field: _CANONICAL_OF[name] for field, name in headers.items()},
+            getter,
+            usual,
+            tuple(field for field in fields if field in _COUNT_FIELDS),
+            "eta" in headers,
+            "fail_fast" in headers,
+        )
+
+    def parse(self, values: Mapping[str, str]) -> dict[str, Any] | None:
+        """:func:`parse_task_headers` for ``values`` whose names this plan was made from."""
+        if not self.fields:
+            return None
+        found: tuple[str, ...] = self._get(values)
+        if self._usual is None or self._usual.fullmatch("\n".join(found)) is None:
+            return parse_fields(dict(zip(self.fields, found, strict=True)), self.name_of)
+        # Every value is proven usual: convert in place, over the defaults, in field order.
+        parsed: dict[str, Any] = _DEFAULTS.copy()
+        parsed.update(zip(self.fields, found, strict=True))
+        for field in self._counts:
+            parsed[field] = int(parsed[field])
+        if self._eta:
+            parsed["eta"] = datetime.fromtimestamp(float(parsed["eta"]), _UTC)
+        if self._fail_fast:
+            parsed["fail_fast"] = parsed["fail_fast"] != ""
+        return parsed
+
+    def name_of(self, field: str) -> str:
+        """The canonical spelling of the header ``field`` came from."""
+        return self.names.get(field) or APPENGINE + FIELD_SUFFIXES[field]
+
+
+def _one(headers: Mapping[str, str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
+    """The value getter for a plan of at most one header (itemgetter returns it bare)."""
+    keys = tuple(headers.values())
+    return lambda values: tuple(values[key] for key in keys)
+
+
+def parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
+    """Parse task header values by field (see :func:`fields_of`) into ``TaskContext`` values.
+
+    ``name_of(field)`` names the header a bad value came from; it is called only to raise.
+
+    Raises:
+        InvalidTaskHeaders: naming the header and the bad value.
+    """
+    text = "".join(raw.values())
     # One C-level pass over every value; the slow path only runs to name the culprit.
     if "," in text or not (text.isascii() and text.isprintable()):
-        for canonical, value in raw.values():
-            _check_text(canonical, value)
+        for field, value in raw.items():
+            _check_text(name_of(field), value)
 
-    found = raw.get("queue_name")
-    if found is None:
+    get = raw.get
+    queue_name = get("queue_name")
+    if queue_name is None:
         raise InvalidTaskHeaders(APPENGINE + "QueueName", None, "required header is missing")
-    queue_name = _name(found[0], found[1], _QUEUE_RE)
-    found = raw.get("task_name")
-    if found is None:
+    if _PLAIN_NAME_RE.fullmatch(queue_name) is None:  # else the usual, bare name
+        queue_name = _name(queue_name, name_of, "queue_name", _QUEUE_RE)
+    task_name = get("task_name")
+    if task_name is None:
         raise InvalidTaskHeaders(APPENGINE + "TaskName", None, "required header is missing")
-    task_name = _name(found[0], found[1], _TASK_RE)
-    found = raw.get("retry_count")
-    retry_count = 0 if found is None else _count(*found)
-    found = raw.get("execution_count")
-    execution_count = 0 if found is None else _count(*found)
-    found = raw.get("eta")
-    eta = None if found is None else _eta(*found)
-    found = raw.get("previous_response")
-    previous_response = None if found is None else _count(*found)
-    found = raw.get("retry_reason")
-    if found is not None and len(found[1]) > _MAX_TEXT:
-        raise InvalidTaskHeaders(found[0], found[1][:40] + "...", "value too long")
-    found_ff = raw.get("fail_fast")
+    if _PLAIN_NAME_RE.fullmatch(task_name) is None:
+        task_name = _name(task_name, name_of, "task_name", _TASK_RE)
+    eta_text = get("eta")
+    if eta_text is None:
+        eta = None
+    elif _SHORT_ETA_RE.fullmatch(eta_text) is not None:
+        eta = datetime.fromtimestamp(float(eta_text), _UTC)
+    else:
+        eta = _eta(eta_text, name_of)
+    retry_reason = get("retry_reason")
+    if retry_reason is not None and len(retry_reason) > _MAX_TEXT:
+        raise InvalidTaskHeaders(
+            name_of("retry_reason"), retry_reason[:40] + "...", "value too long"
+        )
+    return _assemble(raw, queue_name, task_name, eta, name_of)
+
+
+def _assemble(
+    raw: Mapping[str, str],
+    queue_name: str,
+    task_name: str,
+    eta: datetime | None,
+    name_of: NameOf,
+) -> dict[str, Any]:
+    """The ``TaskContext`` values: names and ETA as parsed, the counts checked and converted."""
+    get = raw.get
+    retry_count = get("retry_count")
+    execution_count = get("execution_count")
+    previous_response = get("previous_response")
     return {
         "queue_name": queue_name,
         "task_name": task_name,
-        "retry_count": retry_count,
-        "execution_count": execution_count,
+        "retry_count": 0 if retry_count is None else _count(retry_count, name_of, "retry_count"),
+        "execution_count": (
+            0 if execution_count is None else _count(execution_count, name_of, "execution_count")
+        ),
         "eta": eta,
-        "previous_response": previous_response,
-        "retry_reason": None if found is None else found[1],
-        "fail_fast": found_ff is not None and found_ff[1] != "",
+        "previous_response": (
+            None
+            if previous_response is None
+            else _count(previous_response, name_of, "previous_response")
+        ),
+        "retry_reason": get("retry_reason"),
+        "fail_fast": bool(get("fail_fast")),
     }

@@ -10,6 +10,7 @@ Pure: standard library only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Literal
@@ -89,13 +90,24 @@ def give_up(result: Result, ctx: TaskContext, max_attempts: int | None) -> Resul
     )
 
 
+RequestPath = str | Callable[[], str]
+"""The request path, or a callable giving it (called only when a record is written)."""
+
+
 def log_task(
-    ctx: TaskContext, status: int, outcome: str, duration: float, path: str, reason: str = ""
+    ctx: TaskContext,
+    status: int,
+    outcome: str,
+    duration: float,
+    path: RequestPath,
+    reason: str = "",
 ) -> None:
     """The one structured INFO record per task request (ERROR for a permanent failure)."""
     level = logging.ERROR if outcome == "permanent-failure" else logging.INFO
     if not log.isEnabledFor(level):
         return
+    if callable(path):
+        path = path()
     fields = {
         "queue_name": ctx.queue_name,
         "task_name": ctx.task_name,
@@ -143,7 +155,7 @@ def failure_response(result: Result) -> tuple[list[tuple[str, str]], bytes]:
 
 
 def conclude(
-    ctx: TaskContext, result: Result | None, overran: bool, duration: float, path: str
+    ctx: TaskContext, result: Result | None, overran: bool, duration: float, path: RequestPath
 ) -> Result | None:
     """End a task request that failed or overran: the result to answer with, logged once.
 
@@ -158,7 +170,7 @@ def conclude(
 
 
 def app_outcome(
-    ctx: TaskContext, status: int, declared: str | None, duration: float, path: str
+    ctx: TaskContext, status: int, declared: str | None, duration: float, path: RequestPath
 ) -> str:
     """The outcome of the app's own answer (its ``X-Task-Outcome``, else by status), logged."""
     outcome = declared if declared is not None else outcome_for_status(status)

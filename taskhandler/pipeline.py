@@ -10,9 +10,9 @@ Pure: standard library and pydantic only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import access
 from .access import Refusal
@@ -20,10 +20,9 @@ from .config import AccessRule, AppConfig
 from .context import TaskContext
 from .deadline import DEFAULT_GRACE, resolve_deadline
 from .exceptions import ConfigError, InvalidTaskHeaders
-from .headers import TASK_FIELD_NAMES, parse_task_fields
 from .trust import Authenticator, RequestInfo, TrustedBy, TrustPolicy, User
 
-__all__ = ["Decision", "RequestState", "Settings", "decide", "make_settings"]
+__all__ = ["Decision", "Location", "RequestState", "Settings", "decide", "make_settings"]
 
 log = logging.getLogger("taskhandler")
 
@@ -159,82 +158,92 @@ class RequestState:
         return user is not None and user.is_admin
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do with a request: refuse it, or strip or not and run with a context."""
+class Decision(NamedTuple):
+    """What the adapter must do with a request: refuse it, and whether to strip task headers.
+
+    Who the request was trusted as and the task context are recorded on the
+    :class:`RequestState` (``state.trusted_by``, ``state.context``).
+    """
 
     refusal: Refusal | None
     strip: bool
-    trusted_by: TrustedBy | None
-    context: TaskContext | None
+
+
+class Location(NamedTuple):
+    """Where a request goes, for the access rules: decoded path (or a 400), scheme, host, query."""
+
+    path: str | Refusal
+    scheme: str
+    host: str
+    query_string: str
+
+
+# The answers that need no allocation (the usual ones).
+GO_ON = Decision(None, False)
+STRIP = Decision(None, True)
 
 
 def decide(
     state: RequestState,
     *,
     peer: str | None,
-    task_headers: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    task_fields: Callable[[], dict[str, Any] | None] | None,
     header: Callable[[str], str | None],
-    path: str | Refusal | Callable[[], str | Refusal],
-    scheme: str,
-    host: str,
-    query_string: str,
+    locate: Callable[[], Location],
 ) -> Decision:
     """Steps 1-4 of the request path for one request.
 
     Args:
-        state: this request's state (settings, lazy user); updated with the decision.
+        state: this request's state (settings, lazy user); ``trusted_by`` and ``context``
+            are recorded on it.
         peer: the immediate peer address.
-        task_headers: every ``X-AppEngine-*``/``X-CloudTasks-*`` header, by lower-case
-            dash-spelled name or by WSGI environ key, several copies joined with ``,``; or a
-            callable producing them (called only when the request may be trusted, so a
-            spoofed request costs no parsing).
+        task_fields: ``None`` when the request has no ``X-AppEngine-*``/``X-CloudTasks-*``
+            header; else parses them into ``TaskContext`` field values (raising
+            ``InvalidTaskHeaders``; ``None`` when none describes a task), called only when
+            the request is trusted, so a spoofed request costs no parsing. See
+            :func:`~taskhandler.headers.parse_task_headers`.
         header: looks up any other request header by lower-case name.
-        path: the decoded request path, a refusal for an undecodable one, or a callable
-            producing either (only called when access rules exist).
+        locate: gives the request's :class:`Location` (only called when access rules exist).
     """
     settings = state.settings
     trusted_by: TrustedBy | None = None
-    strip = False
-    if callable(task_headers) or task_headers:
+    if task_fields is not None:
         trusted_by = settings.trust.source(peer, header)
-        if trusted_by is None and settings.authenticator is not None and state.is_admin():
+        if trusted_by is None:
+            if settings.authenticator is None or not state.is_admin():
+                return _check_rules(state, locate, STRIP) if settings.rules else STRIP
             trusted_by = "admin"
-        strip = trusted_by is None
-    elif settings.trust.mode == "development":
-        trusted_by = "development"
-    state.trusted_by = trusted_by
-
-    context: TaskContext | None = None
-    values: Mapping[str, str] = {}
-    if not strip:
-        values = task_headers() if callable(task_headers) else task_headers
-    if values and not TASK_FIELD_NAMES.isdisjoint(values):
-        assert trusted_by is not None  # narrowing: not stripped means trusted
+        state.trusted_by = trusted_by
         try:
-            context = TaskContext._from_parsed(parse_task_fields(values), trusted_by)
+            fields = task_fields()
         except InvalidTaskHeaders as exc:
-            return Decision(Refusal(400, str(exc)), strip, trusted_by, None)
-    state.context = context
+            return Decision(Refusal(400, str(exc)), False)
+        if fields is not None:
+            state.context = TaskContext._from_parsed(fields, trusted_by)
+    elif settings.trust.mode == "development":
+        state.trusted_by = "development"
+    return _check_rules(state, locate, GO_ON) if settings.rules else GO_ON
 
-    if settings.rules:
-        text = path() if callable(path) else path
-        if isinstance(text, Refusal):
-            return Decision(text, strip, trusted_by, context)
-        refusal = access.check_path(text) or access.check_access(
-            settings.rules,
-            path=text,
-            scheme=scheme,
-            host=host,
-            query_string=query_string,
-            trusted=context is not None,
-            user=state.user,
-            login_url=settings.login_url,
-            enforce_secure=settings.trust.mode != "development",
-        )
-        if refusal is not None:
-            return Decision(refusal, strip, trusted_by, context)
-    return Decision(None, strip, trusted_by, context)
+
+def _check_rules(state: RequestState, locate: Callable[[], Location], ok: Decision) -> Decision:
+    """Step 4: the access rules (``login:``, ``secure:``); ``ok`` when they let the request in."""
+    settings = state.settings
+    where = locate()
+    path = where.path
+    if isinstance(path, Refusal):
+        return Decision(path, ok.strip)
+    refusal = access.check_path(path) or access.check_access(
+        settings.rules,
+        path=path,
+        scheme=where.scheme,
+        host=where.host,
+        query_string=where.query_string,
+        trusted=state.context is not None,
+        user=state.user,
+        login_url=settings.login_url,
+        enforce_secure=settings.trust.mode != "development",
+    )
+    return ok if refusal is None else Decision(refusal, ok.strip)
 
 
 def refusal_body(refusal: Refusal) -> tuple[list[tuple[str, str]], bytes]:

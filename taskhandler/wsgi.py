@@ -7,12 +7,11 @@ request; any client can type them, so they are believed only from the queue's ad
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import re
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.datastructures import EnvironHeaders
@@ -20,9 +19,10 @@ from werkzeug.http import parse_cookie
 
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from .access import Refusal, request_path_wsgi
-from .context import TaskContext, reset_current, set_current
+from .context import TaskContext
+from .context import _current as _current_task
 from .deadline import arm
-from .headers import ENVIRON_PREFIXES
+from .headers import ENVIRON_PREFIXES, FieldPlan, parse_task_headers
 from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
@@ -35,6 +35,7 @@ from .outcome import (
 )
 from .pipeline import (
     AUTH_PAGE_PREFIX,
+    Location,
     MiddlewareBase,
     RequestState,
     Settings,
@@ -52,7 +53,6 @@ STRIPPED_KEY = "taskhandler.stripped"
 # (deadline_s, grace_s) for this request only, set by test clients (taskhandler.testing).
 # An environ key, not a header: no network request can set it.
 DEADLINE_KEY = "taskhandler.deadline"
-_MARKERS = ("\nHTTP_X_APPENGINE_", "\nHTTP_X_CLOUDTASKS_")
 _MAX_PAGE_BODY = 64 * 1024
 # Exceptions that mean "stop the process", not "the handler failed".
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -83,22 +83,77 @@ def _host(environ: WSGIEnvironment) -> str:
     return name if port in ("", default) else f"{name}:{port}"
 
 
-@functools.lru_cache(maxsize=256)
 def _header_name(key: str) -> str:
     """``HTTP_X_APPENGINE_QUEUENAME`` -> ``x-appengine-queuename``, as stripped names are kept."""
     return key[5:].lower().replace("_", "-")
 
 
-_TASK_KEY_RE = re.compile(r"\n(HTTP_X_(?:APPENGINE|CLOUDTASKS)_[^\n]*)")
+# Every task header key in any case, found in "\n" + the joined environ keys in one C pass.
+_TASK_KEY_RE = re.compile(r"\n(HTTP_X_(?:APPENGINE|CLOUDTASKS)_[^\n]*)", re.IGNORECASE)
 
 
-def _task_keys(environ: WSGIEnvironment, joined: str, upper: str) -> tuple[list[str], list[str]]:
-    """The environ keys of task headers and their upper-case spelling, found in the joined names."""
-    names: list[str] = _TASK_KEY_RE.findall(upper)
-    if all(map(environ.__contains__, names)):  # PEP 3333 keys are upper case: the usual road
-        return names, names
-    keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
-    return keys, [key.upper() for key in keys]
+@dataclass(frozen=True, slots=True)
+class _KeyPlan:
+    """What an environ's key names alone say about its task headers."""
+
+    keys: tuple[str, ...]
+    """The environ keys of every ``X-AppEngine-*``/``X-CloudTasks-*`` header, any case."""
+    stripped: tuple[str, ...]
+    """The same as lower-case dash-spelled names (``taskhandler.stripped``)."""
+    fields: FieldPlan | None
+    """How to parse them; ``None`` for case variants or two spellings of one field."""
+
+
+_NO_TASK_HEADERS = _KeyPlan((), (), None)
+# A server sends the same header names request after request: plans are kept by the joined
+# key names, up to a bound (a client inventing names each time only ever misses).
+_PLANS: dict[str, _KeyPlan] = {}
+_PLANS_MAX = 512
+_PLAN_KEY_MAX = 4096  # longer joined names (many or long header names) are not kept
+
+
+def _plan(environ: WSGIEnvironment) -> _KeyPlan:
+    joined = "\n" + "\n".join(environ)
+    plan = _PLANS.get(joined)
+    if plan is None:
+        plan = _make_plan(environ, joined)
+        if len(joined) <= _PLAN_KEY_MAX:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[joined] = plan
+    return plan
+
+
+def _make_plan(environ: WSGIEnvironment, joined: str) -> _KeyPlan:
+    keys: list[str] = _TASK_KEY_RE.findall(joined)
+    if not keys:
+        return _NO_TASK_HEADERS
+    if joined.count("\n") != len(environ):
+        # A key with a newline in it (no server makes one) would cut the search short.
+        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
+    # PEP 3333 keys are upper case, one per header; anything else is collected the long way.
+    fields = FieldPlan.of(keys) if "".join(keys).isupper() else None
+    return _KeyPlan(tuple(keys), tuple(map(_header_name, keys)), fields)
+
+
+def _task_fields(environ: WSGIEnvironment, plan: _KeyPlan) -> dict[str, Any] | None:
+    """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
+    if plan.fields is not None:
+        return plan.fields.parse(environ)
+    values: dict[str, str] = {}
+    for key in plan.keys:  # case variants of one name count as copies of one header
+        name, value = key.upper(), environ[key]
+        values[name] = value if name not in values else f"{values[name]},{value}"
+    return parse_task_headers(values)
+
+
+def _locate(environ: WSGIEnvironment) -> Location:
+    return Location(
+        request_path_wsgi(environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", "")),
+        environ.get("wsgi.url_scheme", "http"),
+        _host(environ),
+        environ.get("QUERY_STRING", ""),
+    )
 
 
 def _respond(
@@ -133,55 +188,34 @@ class TaskMiddleware(MiddlewareBase):
             # app that brings its own): one decision per request, the outermost one.
             return self.app(environ, start_response)
         settings = self.settings
-        state = RequestState(settings, request_info, environ)
-        environ[STATE_KEY] = state
-        # One C-level pass over the joined key names finds every task header key (any case).
-        joined = "\n" + "\n".join(environ)
-        upper = joined.upper()
-        if _MARKERS[0] not in upper and _MARKERS[1] not in upper:
-            if self._plain_fast:
-                return self.app(environ, start_response)  # the common case: nothing to decide
-            task_keys: list[str] = []
-            names: list[str] = []
-        else:
-            task_keys, names = _task_keys(environ, joined, upper)
-
-        def task_headers() -> dict[str, str]:
-            values: dict[str, str] = {}
-            for key, name in zip(task_keys, names, strict=True):
-                value = environ[key]
-                values[name] = value if name not in values else f"{values[name]},{value}"
-            return values
+        state = environ[STATE_KEY] = RequestState(settings, request_info, environ)
+        plan = _plan(environ)
+        if not plan.keys and self._plain_fast:
+            return self.app(environ, start_response)  # the common case: nothing to decide
 
         if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
             page = self._auth_page(environ, state)
             if page is not None:
                 return page(start_response)  # type: ignore[no-any-return]
 
-        decision = decide(
+        refusal, strip = decide(
             state,
             peer=environ.get("REMOTE_ADDR"),
-            task_headers=task_headers if task_keys else {},
+            task_fields=(lambda: _task_fields(environ, plan)) if plan.keys else None,
             header=lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
-            path=lambda: request_path_wsgi(
-                environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", "")
-            ),
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            host=environ.get("HTTP_HOST") or _host(environ),
-            query_string=environ.get("QUERY_STRING", ""),
+            locate=lambda: _locate(environ),
         )
-        if decision.strip:
-            stripped = [_header_name(key) for key in task_keys]
-            for key in task_keys:
+        if strip:
+            for key in plan.keys:
                 del environ[key]
-            environ[STRIPPED_KEY] = stripped
-            state.stripped = tuple(stripped)
-        if decision.refusal is not None:
-            headers, body = refusal_body(decision.refusal)
-            return _respond(start_response, decision.refusal.status, headers, body)
-        if decision.context is None:
+            environ[STRIPPED_KEY] = list(plan.stripped)
+            state.stripped = plan.stripped
+        if refusal is not None:
+            headers, body = refusal_body(refusal)
+            return _respond(start_response, refusal.status, headers, body)
+        if state.context is None:
             return self.app(environ, start_response)
-        return run_task(self.app, environ, start_response, decision.context, settings)
+        return run_task(self.app, environ, start_response, state.context, settings)
 
     def _auth_page(self, environ: WSGIEnvironment, state: RequestState) -> Any:
         serve = getattr(self.settings.authenticator, "serve", None)
@@ -215,59 +249,74 @@ def run_task(
     The response is buffered (the queue reads only the status) so that the deadline covers
     the whole body and a failure while producing it still becomes a clean 500.
     """
-    captured: list[Any] = []
+    response: list[Any] = []  # status and headers, once the app starts its response
     body: list[bytes] = []
+    write = body.append
 
     def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        if captured and exc_info is None:
+        if response and exc_info is None:
             raise AssertionError("start_response called twice without exc_info")
-        captured[:] = [status, headers]
-        return body.append
+        response[:] = (status, headers)
+        return write
 
-    token = set_current(ctx)
-    started = time.perf_counter()
-    result: Result | None = None
-    deadline_s, grace_s = environ.get(DEADLINE_KEY) or (settings.deadline, settings.grace)
-    armed = arm(deadline_s, grace_s)
+    override = environ.get(DEADLINE_KEY)
+    armed = arm(*override) if override else arm(settings.deadline, settings.grace)
     ctx._attach_deadline(armed)
+    token = _current_task.set(ctx)
+    result: Result | None = None
     try:
         try:
-            chunks: Iterator[bytes] | Iterable[bytes] = app(environ, capture)
+            chunks: Iterable[bytes] = app(environ, capture)
             try:
-                for chunk in chunks:
-                    body.append(chunk)
+                body.extend(chunks)
             finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
         finally:
             armed.disarm()
-        if not captured:
+        if not response:
             raise RuntimeError("the application returned without calling start_response")
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
         result = failure(ctx, exc)
     finally:
-        reset_current(token)
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    duration = time.perf_counter() - started
+        _current_task.reset(token)
 
-    result = conclude(ctx, result, armed.overran(), duration, path)
-    if result is not None:
-        headers, payload = failure_response(result)
-        start_response(status_line(result.status), headers)
-        return [payload]
+    if result is not None or armed.overran():
+        result = conclude(ctx, result, armed.overran(), armed.elapsed(), _Path(environ))
+        if result is not None:
+            headers, payload = failure_response(result)
+            start_response(status_line(result.status), headers)
+            return [payload]
 
-    status_text, headers = captured
+    status_text, headers = response
     try:
         status = int(status_text.split(" ", 1)[0])
     except ValueError:
         status = 500
         status_text = status_line(500)
-    declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER_LOWER), None)
-    outcome = app_outcome(ctx, status, declared, duration, path)
+    declared = None
+    for name, value in headers:
+        if name.lower() == OUTCOME_HEADER_LOWER:
+            declared = value
+            break
+    outcome = app_outcome(ctx, status, declared, armed.elapsed(), _Path(environ))
     if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
     start_response(status_text, headers)
-    return [b"".join(body)] if len(body) != 1 else body
+    return body if len(body) == 1 else [b"".join(body)]
+
+
+class _Path:
+    """The request path for the log record, worked out only if a record is written."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self.environ = environ
+
+    def __call__(self) -> str:
+        environ = self.environ
+        return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
