@@ -10,12 +10,13 @@ request is answered as a failure either way.
 
 Sync handlers (threads)
 -----------------------
-One watchdog thread per process (a daemon, started by the first :func:`arm`) keeps a heap of
-armed deadlines. When one comes due it raises the error inside the armed thread with
-``PyThreadState_SetAsyncExc``. Arming pushes onto the heap and disarming marks the entry
-dead, both under one short lock: O(log n), no thread or timer object per request. Dead
-entries are dropped when they reach the top of the heap, or in one O(n) sweep once they are
-more than half of it, so the heap stays within about twice the number of live deadlines.
+One watchdog thread per process (a daemon, started by the first :func:`arm`) keeps the set
+of armed deadlines. When one comes due it raises the error inside the armed thread with
+``PyThreadState_SetAsyncExc``. Arming adds to the set and disarming removes from it, both
+O(1) under one short lock: no thread or timer object per request, and nothing left behind.
+The watchdog sleeps until the earliest deadline it knew of when it last looked, and is woken
+only by an arming that comes due before that; it then looks over the deadlines in flight
+(one per busy thread). Under steady traffic with one deadline length, arming never wakes it.
 
 The contract an adapter follows (:mod:`taskhandler.wsgi` does exactly this)::
 
@@ -106,8 +107,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import heapq
-import itertools
 import math
 import os
 import signal
@@ -121,6 +120,10 @@ from types import CodeType, FrameType
 from typing import Any, Generic, Protocol, TypeVar
 
 from .exceptions import ConfigError
+
+# signal.getsignal() without turning its answer into an enum (slow), as it runs on every
+# arming on the main thread: the C function the signal module wraps, where there is one.
+_getsignal: Callable[[int], Any] = getattr(signal, "_signal", signal).getsignal
 
 __all__ = [
     "AUTOMATIC_SCALING_DEADLINE",
@@ -242,10 +245,6 @@ _current: ContextVar[_Checkable | None] = ContextVar("taskhandler_deadline", def
 
 _SOFT, _HARD, _DONE = 0, 1, 2
 
-# One heap entry: (due time, tie-breaker, the arming, the phase it is for). An entry is stale
-# when its arming was disarmed or has moved past that phase.
-_Entry = tuple[float, int, "Armed", int]
-
 
 class Armed:
     """One armed deadline for one request in one thread (see :meth:`Watchdog.arm`).
@@ -258,6 +257,7 @@ class Armed:
     """
 
     __slots__ = (
+        "_due",
         "_ended_at",
         "_injected",
         "_live",
@@ -281,6 +281,7 @@ class Armed:
         self.soft_at = soft_at
         self.hard_at = hard_at
         self.fired = False
+        self._due = soft_at
         self._phase = _SOFT
         self._live = True
         self._injected = False
@@ -307,10 +308,7 @@ class Armed:
                 self._live = False
                 self._ended_at = ended
                 wd._live_count -= 1
-                if self._phase != _DONE:
-                    wd._stale += 1
-                    if wd._stale > 64 and 2 * wd._stale > len(wd._heap):
-                        wd._compact_locked()
+                wd._scheduled.pop(self, None)
                 if wd._signal_armed is self:
                     wd._signal_armed = None
                     stop_timer = True
@@ -354,7 +352,7 @@ class Armed:
                 return  # disarmed: a request that is over has no deadline
             self.fired = True
             while self._phase != _DONE and now >= self._phase_at(self._phase):
-                wd._advance_locked(self, popped=False, now=now)
+                wd._advance_locked(self, now)
             if self._injected and self._tid == threading.get_ident():
                 # One error for one deadline: drop a copy the watchdog may have queued.
                 _set_async_exc(self._tid, _NULL)
@@ -378,7 +376,7 @@ def _protected(frame: FrameType | None) -> bool:
 
 
 class Watchdog:
-    """The process's deadline watchdog: one thread, one heap, one lock.
+    """The process's deadline watchdog: one thread, one set of armed deadlines, one lock.
 
     Most code uses the module-level :func:`arm` (backed by :data:`default_watchdog`); a
     separate instance is for tests that move time by hand.
@@ -431,10 +429,11 @@ class Watchdog:
     def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._heap: list[_Entry] = []
-        self._stale = 0
+        # Armings with something left to deliver (insertion-ordered; the values are unused).
+        self._scheduled: dict[Armed, None] = {}
+        # When the watchdog thread looks next by itself: an arming due earlier must wake it.
+        self._sleep_until = math.inf
         self._live_count = 0
-        self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._signal_armed: Armed | None = None
@@ -454,7 +453,7 @@ class Watchdog:
         now = self.clock()
         armed = Armed(self, now, now + deadline - grace, now + deadline)
         if not self.interrupt:
-            armed._phase = _DONE  # nothing to deliver: no heap entry, no signal
+            armed._phase = _DONE  # nothing to deliver: not scheduled, no signal
             with self._lock:
                 self._live_count += 1
             armed._token = _current.set(armed)
@@ -462,21 +461,17 @@ class Watchdog:
         use_signal = (
             self.use_signals and armed._thread is self._main_thread and self._signal_available()
         )
-        due = armed.soft_at
-        seq = next(self._seq)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this deadline watchdog is closed")
             if use_signal and self._signal_armed is None:
                 self._signal_armed = armed
                 armed._signal = True
-                due += SIGNAL_FALLBACK
+                armed._due += SIGNAL_FALLBACK
             self._live_count += 1
-            # _push_locked(), inlined: this runs once per request.
-            entry = (due, seq, armed, _SOFT)
-            heap = self._heap
-            heapq.heappush(heap, entry)
-            if heap[0] is entry:
+            self._scheduled[armed] = None
+            if armed._due < self._sleep_until:
+                self._sleep_until = armed._due
                 self._wake.notify()
             if self._thread is None and self._autostart:
                 self._start_locked()
@@ -485,33 +480,16 @@ class Watchdog:
         armed._token = _current.set(armed)
         return armed
 
-    def _due_at(self, armed: Armed, phase: int) -> float:
-        at = armed._phase_at(phase)
-        return at + SIGNAL_FALLBACK if armed._signal else at
-
-    def _push_locked(self, armed: Armed, phase: int, due: float | None = None) -> None:
-        entry = (self._due_at(armed, phase) if due is None else due, next(self._seq), armed, phase)
-        heap = self._heap
-        heapq.heappush(heap, entry)
-        if heap[0] is entry:
-            self._wake.notify()
-
-    def _advance_locked(self, armed: Armed, *, popped: bool, now: float) -> None:
+    def _advance_locked(self, armed: Armed, now: float) -> None:
         """Move ``armed`` past its current phase; schedule the hard-deadline delivery."""
-        if not popped:
-            self._stale += 1  # its heap entry for the phase just passed is now stale
         armed._phase += 1
         if armed._phase == _HARD and armed.hard_at > armed.soft_at:
-            self._push_locked(armed, _HARD)
+            armed._due = armed.hard_at + (SIGNAL_FALLBACK if armed._signal else 0.0)
             if armed._signal and self._signal_armed is armed:
                 signal.setitimer(signal.ITIMER_REAL, max(armed.hard_at - now, 1e-6))
-        elif armed._phase == _HARD:
+        else:
             armed._phase = _DONE
-
-    def _compact_locked(self) -> None:
-        self._heap[:] = [e for e in self._heap if e[2]._live and e[2]._phase == e[3]]
-        heapq.heapify(self._heap)
-        self._stale = 0
+            self._scheduled.pop(armed, None)
 
     # -- firing -----------------------------------------------------------------------
 
@@ -524,28 +502,22 @@ class Watchdog:
         with self._lock:
             return self._fire_due_locked()[0]
 
-    def _fire_due_locked(self) -> tuple[int, float | None]:
-        heap = self._heap
+    def _fire_due_locked(self) -> tuple[int, float]:
+        """Deliver what is due; return how many were delivered and when the next one is due."""
         now = self.clock()
         delivered = 0
-        retry: list[Armed] = []
-        while heap:
-            due, _, armed, phase = heap[0]
-            if not armed._live or armed._phase != phase:
-                heapq.heappop(heap)
-                self._stale -= 1
-                continue
-            if due > now:
-                break
-            heapq.heappop(heap)
-            outcome = self._deliver_locked(armed, now)
-            if outcome is None:
-                retry.append(armed)
-            elif outcome:
-                delivered += 1
-        for armed in retry:
-            self._push_locked(armed, armed._phase, now + RETRY_INTERVAL)
-        return delivered, (heap[0][0] - now) if heap else None
+        next_due = math.inf
+        for armed in list(self._scheduled):
+            if armed._due <= now:
+                outcome = self._deliver_locked(armed, now)
+                if outcome is None:
+                    armed._due = now + RETRY_INTERVAL  # inside arm()/disarm(): look again soon
+                elif outcome:
+                    delivered += 1
+                if armed not in self._scheduled:
+                    continue
+            next_due = min(next_due, armed._due)
+        return delivered, next_due
 
     def _deliver_locked(self, armed: Armed, now: float) -> bool | None:
         """Inject into ``armed``'s thread: True done, False dropped, None try again soon."""
@@ -554,6 +526,7 @@ class Watchdog:
             # The thread ended without disarming; its id may be reused: never inject.
             armed._live = False
             self._live_count -= 1
+            self._scheduled.pop(armed, None)
             return False
         frames = sys._current_frames()
         if tid not in frames or _protected(frames[tid]):
@@ -561,6 +534,7 @@ class Watchdog:
         if not _set_async_exc(tid, DeadlineExceededError):
             armed._live = False
             self._live_count -= 1
+            self._scheduled.pop(armed, None)
             return False
         armed._injected = True
         # The interpreter lock may have changed hands while this thread looked, letting the
@@ -571,7 +545,7 @@ class Watchdog:
             _set_async_exc(tid, _NULL)
             return None
         armed.fired = True
-        self._advance_locked(armed, popped=True, now=now)
+        self._advance_locked(armed, now)
         return True
 
     def _start_locked(self) -> None:
@@ -584,11 +558,12 @@ class Watchdog:
     def _run(self) -> None:
         with self._lock:
             while not self._closed:
-                timeout = self._fire_due_locked()[1]
-                self._wake.wait(timeout)
+                due = self._fire_due_locked()[1]
+                self._sleep_until = due
+                self._wake.wait(None if due == math.inf else max(due - self.clock(), 0.0))
 
     def wake(self) -> None:
-        """Make the watchdog thread look at the heap now (after moving an injected clock)."""
+        """Make the watchdog thread look at its deadlines now (after moving an injected clock)."""
         with self._lock:
             self._wake.notify()
 
@@ -608,10 +583,10 @@ class Watchdog:
     # -- the main thread's signal timer ----------------------------------------------------
 
     def _signal_available(self) -> bool:
-        current = signal.getsignal(signal.SIGALRM)
+        current = _getsignal(signal.SIGALRM)
         if current == self._alarm_handler:
             return True
-        if current is signal.SIG_DFL:
+        if current == signal.SIG_DFL:
             try:
                 signal.signal(signal.SIGALRM, self._alarm_handler)
             except (ValueError, OSError):
@@ -637,7 +612,7 @@ class Watchdog:
                 signal.setitimer(signal.ITIMER_REAL, at - now)
                 return
             armed.fired = True
-            self._advance_locked(armed, popped=False, now=now)
+            self._advance_locked(armed, now)
         finally:
             self._lock.release()
         raise DeadlineExceededError
@@ -645,9 +620,9 @@ class Watchdog:
     # -- introspection ----------------------------------------------------------------------
 
     @property
-    def heap_size(self) -> int:
-        """Entries in the heap, live and stale (bounded by about 2x live + 64)."""
-        return len(self._heap)
+    def scheduled_count(self) -> int:
+        """Armed deadlines the watchdog still has something to deliver for (never stale ones)."""
+        return len(self._scheduled)
 
     @property
     def armed_count(self) -> int:

@@ -316,7 +316,7 @@ class FieldPlan:
         fields = tuple(headers)
         usual = None
         if "queue_name" in headers and "task_name" in headers:  # else parse_fields() refuses
-            usual = re.compile("\n".join(f"(?:{_USUAL[field]})" for field in fields))
+            usual = re.compile("\n".join(f"(?P<{field}>{_USUAL[field]})" for field in fields))
         getter = operator.itemgetter(*headers.values()) if len(headers) > 1 else _one(headers)
         return cls(
             fields,
@@ -334,11 +334,11 @@ class FieldPlan:
         if not self.fields:
             return None
         found: tuple[str, ...] = self._get(values)
-        if self._usual is None or self._usual.fullmatch("\n".join(found)) is None:
+        usual = None if self._usual is None else self._usual.fullmatch("\n".join(found))
+        if usual is None:
             return parse_fields(dict(zip(self.fields, found, strict=True)), self.name_of)
         # Every value is proven usual: convert in place, over the defaults, in field order.
-        parsed: dict[str, Any] = _DEFAULTS.copy()
-        parsed.update(zip(self.fields, found, strict=True))
+        parsed: dict[str, Any] = _DEFAULTS | usual.groupdict()
         for field in self._counts:
             parsed[field] = int(parsed[field])
         if self._eta:

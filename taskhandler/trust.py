@@ -169,7 +169,7 @@ class TrustPolicy:
         TrustPolicy(queue_sources=["10.8.0.0/24"], trusted_proxies=["127.0.0.1"])
     """
 
-    __slots__ = ("mode", "oidc", "queue_sources", "trusted_proxies")
+    __slots__ = ("_exact_sources", "_proxied", "mode", "oidc", "queue_sources", "trusted_proxies")
 
     mode: TrustMode
 
@@ -183,6 +183,9 @@ class TrustPolicy:
         self.mode = "strict"
         self.queue_sources = _AddressSet(queue_sources, "queue_sources")
         self.trusted_proxies = _AddressSet(trusted_proxies, "trusted_proxies")
+        # Read on every task request: the usual answer without a Python-level call.
+        self._exact_sources = self.queue_sources._exact
+        self._proxied = bool(self.trusted_proxies)
         if oidc is not None and not callable(getattr(oidc, "verifies", None)):
             raise ConfigError("oidc must be an OIDCVerifier", value=oidc)
         self.oidc = oidc
@@ -245,9 +248,9 @@ class TrustPolicy:
         """
         mode = self.mode
         if mode == "strict":
-            if self.trusted_proxies:
+            if self._proxied:
                 peer = self.client_address(peer, header("x-forwarded-for"))
-            if peer in self.queue_sources:
+            if peer in self._exact_sources or peer in self.queue_sources:
                 return "queue"
             if self.oidc is not None and self.oidc.verifies(header("authorization")):
                 return "queue"
