@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -38,10 +39,11 @@ from werkzeug.http import parse_cookie
 
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from .access import Refusal
-from .context import TaskContext, reset_current, set_current
+from .context import TaskContext
+from .context import _current as _current_task
 from .deadline import AsyncArmed, arm, arm_async
 from .exceptions import PermanentTaskFailure, RetryTask
-from .headers import TASK_HEADER_PREFIXES, parse_task_headers
+from .headers import TASK_HEADER_PREFIXES, FieldPlan, parse_task_headers
 from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
@@ -70,8 +72,6 @@ log = logging.getLogger("taskhandler")
 
 STATE_KEY = "taskhandler.state"
 STRIPPED_KEY = "taskhandler.stripped"
-# Searched in "\n" + the joined header names, lower-cased, "_" spelled "-".
-_MARKERS = (b"\nx-appengine-", b"\nx-cloudtasks-")
 _OUTCOME_NAME = OUTCOME_HEADER_LOWER.encode("latin-1")
 _MAX_PAGE_BODY = 64 * 1024
 MAX_BODY = 1024 * 1024  # as handler.MAX_BODY: Cloud Tasks' limit
@@ -106,6 +106,65 @@ def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], st
         return ",".join(found) if found else None
 
     return header
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderPlan:
+    """What a request's header names alone say about its task headers."""
+
+    task: tuple[int, ...]
+    """Positions in ``scope["headers"]`` of every task header, every spelling and copy."""
+    stripped: tuple[str, ...]
+    """Their names, lower case, ``_`` spelled ``-``, each once (``taskhandler.stripped``)."""
+    kept: tuple[int, ...]
+    """Positions of the other headers."""
+    fields: FieldPlan | None
+    """How to parse them; ``None`` when a name comes twice or a field in both spellings."""
+
+
+_NO_TASK_HEADERS = _HeaderPlan((), (), (), None)
+# A server sends the same header names request after request: plans are kept by the exact
+# names, up to a bound (a client inventing names each time only ever misses).
+_PLANS: dict[tuple[bytes, ...], _HeaderPlan] = {}
+_PLANS_MAX = 512
+_PLAN_NAMES_MAX = 4096  # longer names all told (many or long headers) are not kept
+
+
+def _plan(headers: Iterable[tuple[bytes, bytes]]) -> _HeaderPlan:
+    names = tuple([pair[0] for pair in headers])
+    plan = _PLANS.get(names)
+    if plan is None:
+        plan = _make_plan(names)
+        if sum(map(len, names)) <= _PLAN_NAMES_MAX:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[names] = plan
+    return plan
+
+
+def _make_plan(names: tuple[bytes, ...]) -> _HeaderPlan:
+    normalized = [_norm(name) for name in names]
+    task = tuple(i for i, name in enumerate(normalized) if name.startswith(TASK_HEADER_PREFIXES))
+    if not task:
+        return _NO_TASK_HEADERS
+    spelled = [normalized[i] for i in task]
+    stripped = tuple(dict.fromkeys(spelled))
+    fields = FieldPlan.of(spelled) if len(stripped) == len(spelled) else None
+    others = tuple(i for i in range(len(names)) if i not in set(task))
+    return _HeaderPlan(task, stripped, others, fields)
+
+
+def _task_fields(headers: list[tuple[bytes, bytes]], plan: _HeaderPlan) -> dict[str, Any] | None:
+    """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
+    if plan.fields is not None:
+        return plan.fields.parse(
+            {name: _text(headers[i][1]) for name, i in zip(plan.stripped, plan.task, strict=True)}
+        )
+    values: dict[str, str] = {}
+    for i in plan.task:  # copies of one name (and its "_" spelling) are joined, as in WSGI
+        name, text = _norm(headers[i][0]), _text(headers[i][1])
+        values[name] = text if name not in values else f"{values[name]},{text}"
+    return parse_task_headers(values)
 
 
 def _host(scope: Scope) -> str:
@@ -268,29 +327,10 @@ class TaskMiddleware(MiddlewareBase):
         state = RequestState(settings, request_info, scope)
         scope[STATE_KEY] = state
         headers = scope["headers"]
-        names = b"\n" + b"\n".join([header[0] for header in headers]).lower().replace(b"_", b"-")
-        if _MARKERS[0] not in names and _MARKERS[1] not in names:
-            if self._plain_fast:
-                await self.app(scope, receive, send)  # the common case: nothing to decide
-                return
-            task_headers: dict[str, str] = {}
-            stripped: list[str] = []
-            kept = headers
-        else:
-            task_headers = {}
-            stripped = []
-            kept = []
-            for pair in headers:
-                key = _norm(pair[0])
-                if key.startswith(TASK_HEADER_PREFIXES):
-                    text = _text(pair[1])
-                    if key in task_headers:
-                        task_headers[key] = f"{task_headers[key]},{text}"
-                    else:
-                        task_headers[key] = text
-                        stripped.append(key)
-                else:
-                    kept.append(pair)
+        plan = _plan(headers)
+        if not plan.task and self._plain_fast:
+            await self.app(scope, receive, send)  # the common case: nothing to decide
+            return
 
         if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
             go_on = await self._auth_page(scope, receive, send, state)
@@ -301,7 +341,7 @@ class TaskMiddleware(MiddlewareBase):
         refusal, strip = decide(
             state,
             peer=scope["client"][0] if scope.get("client") else None,
-            task_fields=(lambda: parse_task_headers(task_headers)) if task_headers else None,
+            task_fields=(lambda: _task_fields(headers, plan)) if plan.task else None,
             header=_header_lookup(headers),
             locate=lambda: Location(
                 request_path(scope),
@@ -311,9 +351,10 @@ class TaskMiddleware(MiddlewareBase):
             ),
         )
         if strip:
-            scope["headers"] = kept  # a new list: the caller's is left as it was
-            scope[STRIPPED_KEY] = stripped
-            state.stripped = tuple(stripped)
+            # A new list: the caller's is left as it was.
+            scope["headers"] = [headers[i] for i in plan.kept]
+            scope[STRIPPED_KEY] = list(plan.stripped)
+            state.stripped = plan.stripped
         if refusal is not None:
             extra, body = refusal_body(refusal)
             await _respond(send, refusal.status, extra, body)
@@ -372,11 +413,10 @@ async def run_task(
     if extensions and any(name in extensions for name in _SEND_EXTENSIONS):
         scope["extensions"] = {k: v for k, v in extensions.items() if k not in _SEND_EXTENSIONS}
 
-    token = set_current(ctx)
-    started = time.perf_counter()
-    result: Result | None = None
     armed = arm_async(settings.deadline, settings.grace)
     ctx._attach_deadline(armed)
+    token = _current_task.set(ctx)
+    result: Result | None = None
     try:
         # DeadlineExceededError is raised at the await where the app is suspended.
         await armed.run(app(scope, receive, capture))
@@ -387,24 +427,33 @@ async def run_task(
     except BaseException as exc:
         result = failure(ctx, exc)
     finally:
-        reset_current(token)
-    path = request_path(scope)
-    path_text = path if isinstance(path, str) else str(scope.get("path", ""))
-    duration = time.perf_counter() - started
+        _current_task.reset(token)
 
-    result = conclude(ctx, result, armed.overran(), duration, path_text)
-    if result is not None:
-        await _plain(send, result)
-        return
+    def path() -> str:
+        found = request_path(scope)
+        return found if isinstance(found, str) else str(scope.get("path", ""))
+
+    if result is not None or armed.overran():
+        result = conclude(ctx, result, armed.overran(), armed.elapsed(), path)
+        if result is not None:
+            await _plain(send, result)
+            return
 
     message = start[0]
     status = int(message.get("status", 500))
     headers = list(message.get("headers", ()))
-    declared = next((_text(v) for n, v in headers if n.lower() == _OUTCOME_NAME), None)
-    outcome = app_outcome(ctx, status, declared, duration, path_text)
+    declared = None
+    for name, value in headers:
+        if name.lower() == _OUTCOME_NAME:
+            declared = _text(value)
+            break
+    outcome = app_outcome(ctx, status, declared, armed.elapsed(), path)
     if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
     await send({**message, "headers": headers})
+    if len(rest) == 1 and rest[0]["type"] == "http.response.body":
+        await send({**rest[0], "more_body": False})  # the usual: the whole body at once
+        return
     body = [m for m in rest if m["type"] == "http.response.body"]
     await send(
         {

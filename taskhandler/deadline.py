@@ -689,6 +689,7 @@ class AsyncArmed:
         clock: a monotonic clock in seconds.
 
     Attributes:
+        started_at: clock time of creation.
         soft_at, hard_at: clock times of the soft and hard deadlines.
         fired: True once the error was raised in the handler.
         longest_step: the longest time (s) the handler ran without awaiting, i.e. held
@@ -717,6 +718,7 @@ class AsyncArmed:
         "hard_at",
         "longest_step",
         "soft_at",
+        "started_at",
     )
 
     def __init__(
@@ -724,6 +726,7 @@ class AsyncArmed:
     ) -> None:
         now = clock()
         self._clock = clock
+        self.started_at = now
         self.soft_at = now + deadline - grace
         self.hard_at = now + deadline
         self.fired = False
@@ -752,6 +755,13 @@ class AsyncArmed:
         if end is None:
             end = self._clock()
         return end >= self.hard_at
+
+    def elapsed(self) -> float:
+        """Seconds from creation until run() ended (or until now, before that)."""
+        end = self._ended_at
+        if end is None:
+            end = self._clock()
+        return end - self.started_at
 
     async def run(self, awaitable: Awaitable[T]) -> T:
         """Run ``awaitable`` (a coroutine) under this deadline; return its result.

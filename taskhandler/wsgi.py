@@ -114,9 +114,15 @@ _PLAN_KEY_MAX = 4096  # longer joined names (many or long header names) are not 
 
 def _plan(environ: WSGIEnvironment) -> _KeyPlan:
     joined = "\n" + "\n".join(environ)
+    if joined.count("\n") != len(environ):
+        # A key with a newline in it (no server makes one) would make the joined names
+        # ambiguous: look at each key, and keep nothing.
+        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
+        return _make_plan(keys) if keys else _NO_TASK_HEADERS
     plan = _PLANS.get(joined)
     if plan is None:
-        plan = _make_plan(environ, joined)
+        keys = _TASK_KEY_RE.findall(joined)
+        plan = _make_plan(keys) if keys else _NO_TASK_HEADERS
         if len(joined) <= _PLAN_KEY_MAX:
             if len(_PLANS) >= _PLANS_MAX:
                 _PLANS.clear()
@@ -124,13 +130,7 @@ def _plan(environ: WSGIEnvironment) -> _KeyPlan:
     return plan
 
 
-def _make_plan(environ: WSGIEnvironment, joined: str) -> _KeyPlan:
-    keys: list[str] = _TASK_KEY_RE.findall(joined)
-    if not keys:
-        return _NO_TASK_HEADERS
-    if joined.count("\n") != len(environ):
-        # A key with a newline in it (no server makes one) would cut the search short.
-        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
+def _make_plan(keys: list[str]) -> _KeyPlan:
     # PEP 3333 keys are upper case, one per header; anything else is collected the long way.
     fields = FieldPlan.of(keys) if "".join(keys).isupper() else None
     return _KeyPlan(tuple(keys), tuple(map(_header_name, keys)), fields)
