@@ -114,19 +114,21 @@ _PLAN_KEY_MAX = 4096  # longer joined names (many or long header names) are not 
 
 def _plan(environ: WSGIEnvironment) -> _KeyPlan:
     joined = "\n" + "\n".join(environ)
-    if joined.count("\n") != len(environ):
-        # A key with a newline in it (no server makes one) would make the joined names
-        # ambiguous: look at each key, and keep nothing.
-        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
-        return _make_plan(keys) if keys else _NO_TASK_HEADERS
     plan = _PLANS.get(joined)
-    if plan is None:
-        keys = _TASK_KEY_RE.findall(joined)
-        plan = _make_plan(keys) if keys else _NO_TASK_HEADERS
-        if len(joined) <= _PLAN_KEY_MAX:
-            if len(_PLANS) >= _PLANS_MAX:
-                _PLANS.clear()
-            _PLANS[joined] = plan
+    # Every task header key starts a line of the joined names, so a plan without task keys
+    # holds for any environ whose names join the same way. One with task keys holds only
+    # when no key has a newline in it (no server makes one; then the lines are the keys).
+    if plan is not None and (not plan.keys or joined.count("\n") == len(environ)):
+        return plan
+    if joined.count("\n") != len(environ):
+        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
+        return _make_plan(keys) if keys else _NO_TASK_HEADERS  # ambiguous names: not kept
+    keys = _TASK_KEY_RE.findall(joined)
+    plan = _make_plan(keys) if keys else _NO_TASK_HEADERS
+    if len(joined) <= _PLAN_KEY_MAX:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[joined] = plan
     return plan
 
 

@@ -574,3 +574,36 @@ def test_one_log_record_per_task_request(caplog: pytest.LogCaptureFixture) -> No
         "/mounted/count",
     )
     assert json.dumps(fields)
+
+
+# -- header-name plans (kept per list of names) --------------------------------------------
+
+
+def test_plans_are_kept_for_a_bounded_number_of_header_lists() -> None:
+    """A client inventing header names each time fills no memory: at most 512 plans are kept."""
+    inner = Recorder()
+    app = asgi.TaskMiddleware(inner)
+    for i in range(700):
+        scope = scope_for(headers=[(f"x-invented-{i}", "1"), *TASK.items()])
+        asyncio.run(call_asgi(app, scope))
+    assert len(asgi._PLANS) <= asgi._PLANS_MAX == 512
+    assert all(
+        [n for n, _ in s["headers"]] == [b"host", b"x-invented-" + str(i).encode()]
+        for i, s in enumerate(inner.scopes[-3:], start=697)
+    )
+
+
+def test_the_same_names_in_another_order_are_stripped_in_place() -> None:
+    """Plans follow the order of the names: each request keeps its own other headers, in order."""
+    inner = Recorder()
+    app = asgi.TaskMiddleware(inner)
+    orders = [
+        [("a", "1"), ("X-AppEngine-QueueName", "q"), ("b", "2")],
+        [("X-AppEngine-QueueName", "q"), ("a", "1"), ("b", "2")],
+        [("a", "1"), ("b", "2"), ("X-AppEngine-QueueName", "q")],
+    ]
+    for headers in orders * 2:
+        asyncio.run(call_asgi(app, scope_for(headers=headers)))
+    for scope in inner.scopes:
+        assert [(n, v) for n, v in scope["headers"] if n != b"host"] == [(b"a", b"1"), (b"b", b"2")]
+        assert scope["taskhandler.stripped"] == ["x-appengine-queuename"]

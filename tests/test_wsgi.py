@@ -18,6 +18,7 @@ from taskhandler import (
     TrustPolicy,
     User,
     current_task,
+    wsgi,
 )
 from taskhandler.deadline import DeadlineExceededError
 
@@ -361,3 +362,56 @@ def test_nested_middlewares_decide_once() -> None:
     assert status == "200 OK"
     assert headers["X-Task-Outcome"] == "success"
     assert app.calls[0]["task"].trusted_by == "development"
+
+
+# -- header-name plans (kept per environ shape) ---------------------------------------------
+
+
+def test_plans_are_kept_for_a_bounded_number_of_environ_shapes() -> None:
+    """A client inventing header names each time fills no memory: at most 512 plans are
+    kept, and a request after the churn is still stripped."""
+    inner = Recorder()
+    app = TaskMiddleware(inner)
+    for i in range(700):
+        call(app, **{f"HTTP_X_INVENTED_{i}": "1", **TASK})
+    assert len(wsgi._PLANS) <= wsgi._PLANS_MAX == 512
+    assert all(task_keys(c["environ"]) == [] for c in inner.calls)
+    status, _, _ = call(app, **TASK)
+    assert status == "200 OK" and task_keys(inner.calls[-1]["environ"]) == []
+
+
+@pytest.mark.parametrize("first", ["newline key", "plain keys"])
+def test_a_key_with_a_newline_never_shares_a_plan(first: str) -> None:
+    """Keys that join to the same text as another environ's (one of them holding a newline,
+    which no server makes) are each judged on their own: both are stripped, in either order."""
+    inner = Recorder()
+    app = TaskMiddleware(inner)
+    split = {"HTTP_X_APPENGINE_QUEUENAME": "q", "HTTP_X_APPENGINE_TASKNAME": "t"}
+    joined = {"HTTP_X_APPENGINE_QUEUENAME\nHTTP_X_APPENGINE_TASKNAME": "q"}
+    order = [joined, split] if first == "newline key" else [split, joined]
+    for extra in order * 2:
+        status, _, _ = call(app, **extra)
+        assert status == "200 OK"
+        assert task_keys(inner.calls[-1]["environ"]) == []
+    assert len(inner.calls) == 4
+
+
+def test_a_key_with_a_newline_from_the_queue_is_no_task_and_no_500() -> None:
+    """From the queue, a newline key matches no task header name: the app runs without a context."""
+    inner = Recorder()
+    status, _, _ = call(
+        TaskMiddleware(inner), peer="0.1.0.2", **{"HTTP_X_APPENGINE_QUEUENAME\nX": "q"}
+    )
+    assert status == "200 OK"
+    assert inner.calls[0]["task"] is None
+
+
+def test_case_variants_of_one_header_from_the_queue_are_refused() -> None:
+    """Two environ keys for one header (another case) are copies: 400, the app never runs."""
+    inner = Recorder()
+    status, headers, _ = call(
+        TaskMiddleware(inner), peer="0.1.0.2", **TASK, HTTP_x_appengine_queuename="other"
+    )
+    assert status == "400 Bad Request"
+    assert headers["X-Task-Outcome"] == "rejected"
+    assert inner.calls == []
