@@ -303,8 +303,13 @@ class FieldPlan:
         """The plan for these header names; ``None`` when two of them give one field.
 
         Two spellings of one field (``X-AppEngine-`` and ``X-CloudTasks-``) must be
-        compared value by value: :func:`parse_task_fields` does that.
+        compared value by value: :func:`parse_task_fields` does that. Plans are kept for
+        the last 256 sets of names.
         """
+        return _field_plan(tuple(names))
+
+    @classmethod
+    def _make(cls, names: tuple[str, ...]) -> FieldPlan | None:
         headers: dict[str, str] = {}
         for name in names:
             field = _FIELD_OF.get(name)
@@ -350,6 +355,11 @@ class FieldPlan:
     def name_of(self, field: str) -> str:
         """The canonical spelling of the header ``field`` came from."""
         return self.names.get(field) or APPENGINE + FIELD_SUFFIXES[field]
+
+
+@functools.lru_cache(maxsize=256)
+def _field_plan(names: tuple[str, ...]) -> FieldPlan | None:
+    return FieldPlan._make(names)
 
 
 def _one(headers: Mapping[str, str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:

@@ -11,7 +11,6 @@ import io
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.datastructures import EnvironHeaders
@@ -92,19 +91,40 @@ def _header_name(key: str) -> str:
 _TASK_KEY_RE = re.compile(r"\n(HTTP_X_(?:APPENGINE|CLOUDTASKS)_[^\n]*)", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
 class _KeyPlan:
-    """What an environ's key names alone say about its task headers."""
+    """What an environ's key names alone say about its task headers.
 
-    keys: tuple[str, ...]
-    """The environ keys of every ``X-AppEngine-*``/``X-CloudTasks-*`` header, any case."""
-    stripped: tuple[str, ...]
-    """The same as lower-case dash-spelled names (``taskhandler.stripped``)."""
-    fields: FieldPlan | None
-    """How to parse them; ``None`` for case variants or two spellings of one field."""
+    Attributes:
+        keys: the environ keys of every ``X-AppEngine-*``/``X-CloudTasks-*`` header, any case.
+        stripped: the same as lower-case dash-spelled names (``taskhandler.stripped``).
+    """
+
+    __slots__ = ("_fields", "_planned", "keys", "stripped")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.stripped = tuple(map(_header_name, keys))
+        self._planned = False  # how to parse them is worked out on the first trusted request
+        self._fields: FieldPlan | None = None
+
+    def task_fields(self, environ: WSGIEnvironment) -> dict[str, Any] | None:
+        """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
+        if not self._planned:
+            # PEP 3333 keys are upper case, one per header; anything else (case variants,
+            # two spellings of one field) is collected the long way, below.
+            keys = self.keys
+            self._fields = FieldPlan.of(keys) if "".join(keys).isupper() else None
+            self._planned = True
+        if self._fields is not None:
+            return self._fields.parse(environ)
+        values: dict[str, str] = {}
+        for key in self.keys:  # case variants of one name count as copies of one header
+            name, value = key.upper(), environ[key]
+            values[name] = value if name not in values else f"{values[name]},{value}"
+        return parse_task_headers(values)
 
 
-_NO_TASK_HEADERS = _KeyPlan((), (), None)
+_NO_TASK_HEADERS = _KeyPlan(())
 # A server sends the same header names request after request: plans are kept by the joined
 # key names, up to a bound (a client inventing names each time only ever misses).
 _PLANS: dict[str, _KeyPlan] = {}
@@ -122,31 +142,14 @@ def _plan(environ: WSGIEnvironment) -> _KeyPlan:
         return plan
     if joined.count("\n") != len(environ):
         keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
-        return _make_plan(keys) if keys else _NO_TASK_HEADERS  # ambiguous names: not kept
+        return _KeyPlan(tuple(keys)) if keys else _NO_TASK_HEADERS  # ambiguous: not kept
     keys = _TASK_KEY_RE.findall(joined)
-    plan = _make_plan(keys) if keys else _NO_TASK_HEADERS
+    plan = _KeyPlan(tuple(keys)) if keys else _NO_TASK_HEADERS
     if len(joined) <= _PLAN_KEY_MAX:
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
         _PLANS[joined] = plan
     return plan
-
-
-def _make_plan(keys: list[str]) -> _KeyPlan:
-    # PEP 3333 keys are upper case, one per header; anything else is collected the long way.
-    fields = FieldPlan.of(keys) if "".join(keys).isupper() else None
-    return _KeyPlan(tuple(keys), tuple(map(_header_name, keys)), fields)
-
-
-def _task_fields(environ: WSGIEnvironment, plan: _KeyPlan) -> dict[str, Any] | None:
-    """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
-    if plan.fields is not None:
-        return plan.fields.parse(environ)
-    values: dict[str, str] = {}
-    for key in plan.keys:  # case variants of one name count as copies of one header
-        name, value = key.upper(), environ[key]
-        values[name] = value if name not in values else f"{values[name]},{value}"
-    return parse_task_headers(values)
 
 
 def _locate(environ: WSGIEnvironment) -> Location:
@@ -203,7 +206,7 @@ class TaskMiddleware(MiddlewareBase):
         refusal, strip = decide(
             state,
             peer=environ.get("REMOTE_ADDR"),
-            task_fields=(lambda: _task_fields(environ, plan)) if plan.keys else None,
+            task_fields=(lambda: plan.task_fields(environ)) if plan.keys else None,
             header=lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
             locate=lambda: _locate(environ),
         )
