@@ -308,7 +308,11 @@ class Armed:
                 self._live = False
                 self._ended_at = ended
                 wd._live_count -= 1
-                wd._scheduled.pop(self, None)
+                # Subscripts, not a method call: the interpreter may switch threads after a
+                # call, and a thread switched out while holding the lock stalls every other.
+                scheduled = wd._scheduled
+                if self in scheduled:
+                    del scheduled[self]
                 if wd._signal_armed is self:
                     wd._signal_armed = None
                     stop_timer = True
