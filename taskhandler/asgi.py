@@ -30,7 +30,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -130,9 +130,12 @@ _PLANS_MAX = 512
 _PLAN_NAMES_MAX = 4096  # longer names all told (many or long headers) are not kept
 
 
-def _plan(headers: Iterable[tuple[bytes, bytes]]) -> _HeaderPlan:
+def _plan(headers: Sequence[tuple[bytes, bytes]]) -> _HeaderPlan:
     names = tuple([pair[0] for pair in headers])
-    plan = _PLANS.get(names)
+    try:
+        plan = _PLANS.get(names)
+    except TypeError:  # a name that is not bytes (a bytearray): judged on its own, not kept
+        return _make_plan(names)
     if plan is None:
         plan = _make_plan(names)
         if sum(map(len, names)) <= _PLAN_NAMES_MAX:
@@ -150,11 +153,14 @@ def _make_plan(names: tuple[bytes, ...]) -> _HeaderPlan:
     spelled = [normalized[i] for i in task]
     stripped = tuple(dict.fromkeys(spelled))
     fields = FieldPlan.of(spelled) if len(stripped) == len(spelled) else None
-    others = tuple(i for i in range(len(names)) if i not in set(task))
+    is_task = set(task)
+    others = tuple(i for i in range(len(names)) if i not in is_task)
     return _HeaderPlan(task, stripped, others, fields)
 
 
-def _task_fields(headers: list[tuple[bytes, bytes]], plan: _HeaderPlan) -> dict[str, Any] | None:
+def _task_fields(
+    headers: Sequence[tuple[bytes, bytes]], plan: _HeaderPlan
+) -> dict[str, Any] | None:
     """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
     if plan.fields is not None:
         return plan.fields.parse(
@@ -327,6 +333,8 @@ class TaskMiddleware(MiddlewareBase):
         state = RequestState(settings, request_info, scope)
         scope[STATE_KEY] = state
         headers = scope["headers"]
+        if not isinstance(headers, list | tuple):  # ASGI promises an iterable; plans index it
+            headers = scope["headers"] = list(headers)
         plan = _plan(headers)
         if not plan.task and self._plain_fast:
             await self.app(scope, receive, send)  # the common case: nothing to decide

@@ -20,8 +20,8 @@ only by an arming that comes due before that; it then looks over the deadlines i
 
 The contract an adapter follows (:mod:`taskhandler.wsgi` does exactly this)::
 
-    armed = arm(deadline_s, grace_s)     # for the current thread
-    try:
+    armed = arm(deadline_s, grace_s)     # for the current thread: a plain call, then at once
+    try:                                 # the try (nothing in between may be interrupted)
         try:
             ... run the handler, consume and close its response ...
         finally:
@@ -205,8 +205,8 @@ def resolve_deadline(deadline: float | None, grace: float | None) -> tuple[float
         ``(deadline_s, grace_s)``.
 
     Raises:
-        ConfigError: the deadline is not a positive finite number, the grace is negative,
-            or the grace is not smaller than the deadline.
+        ConfigError: the deadline is not a positive finite number of at most 24 hours, the
+            grace is negative, or the grace is not smaller than the deadline.
 
     Example::
 
@@ -218,6 +218,12 @@ def resolve_deadline(deadline: float | None, grace: float | None) -> tuple[float
     if not d > 0:
         raise ConfigError(
             f"deadline must be a positive number of seconds, got {d:g}", value=deadline
+        )
+    if d > BASIC_SCALING_DEADLINE:
+        raise ConfigError(
+            f"deadline must be at most {BASIC_SCALING_DEADLINE:g} s (24 hours, the longest a "
+            f"push task may run), got {d:g}",
+            value=deadline,
         )
     if g < 0:
         raise ConfigError(f"grace must not be negative, got {g:g}", value=grace)
@@ -564,7 +570,8 @@ class Watchdog:
             while not self._closed:
                 due = self._fire_due_locked()[1]
                 self._sleep_until = due
-                self._wake.wait(None if due == math.inf else max(due - self.clock(), 0.0))
+                wait = None if due == math.inf else max(due - self.clock(), 0.0)
+                self._wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
 
     def wake(self) -> None:
         """Make the watchdog thread look at its deadlines now (after moving an injected clock)."""

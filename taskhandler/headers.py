@@ -393,46 +393,36 @@ def parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
         raise InvalidTaskHeaders(APPENGINE + "TaskName", None, "required header is missing")
     if _PLAIN_NAME_RE.fullmatch(task_name) is None:
         task_name = _name(task_name, name_of, "task_name", _TASK_RE)
-    eta_text = get("eta")
-    if eta_text is None:
-        eta = None
-    elif _SHORT_ETA_RE.fullmatch(eta_text) is not None:
-        eta = datetime.fromtimestamp(float(eta_text), _UTC)
-    else:
-        eta = _eta(eta_text, name_of)
-    retry_reason = get("retry_reason")
-    if retry_reason is not None and len(retry_reason) > _MAX_TEXT:
-        raise InvalidTaskHeaders(
-            name_of("retry_reason"), retry_reason[:40] + "...", "value too long"
-        )
-    return _assemble(raw, queue_name, task_name, eta, name_of)
-
-
-def _assemble(
-    raw: Mapping[str, str],
-    queue_name: str,
-    task_name: str,
-    eta: datetime | None,
-    name_of: NameOf,
-) -> dict[str, Any]:
-    """The ``TaskContext`` values: names and ETA as parsed, the counts checked and converted."""
-    get = raw.get
+    # In the order of the fields, so that the first bad one named is the same every time.
     retry_count = get("retry_count")
     execution_count = get("execution_count")
+    eta_text = get("eta")
     previous_response = get("previous_response")
-    return {
+    retry_reason = get("retry_reason")
+    parsed: dict[str, Any] = {
         "queue_name": queue_name,
         "task_name": task_name,
         "retry_count": 0 if retry_count is None else _count(retry_count, name_of, "retry_count"),
         "execution_count": (
             0 if execution_count is None else _count(execution_count, name_of, "execution_count")
         ),
-        "eta": eta,
+        "eta": (
+            None
+            if eta_text is None
+            else datetime.fromtimestamp(float(eta_text), _UTC)
+            if _SHORT_ETA_RE.fullmatch(eta_text) is not None
+            else _eta(eta_text, name_of)
+        ),
         "previous_response": (
             None
             if previous_response is None
             else _count(previous_response, name_of, "previous_response")
         ),
-        "retry_reason": get("retry_reason"),
+        "retry_reason": retry_reason,
         "fail_fast": bool(get("fail_fast")),
     }
+    if retry_reason is not None and len(retry_reason) > _MAX_TEXT:
+        raise InvalidTaskHeaders(
+            name_of("retry_reason"), retry_reason[:40] + "...", "value too long"
+        )
+    return parsed

@@ -265,27 +265,33 @@ def run_task(
         return write
 
     override = environ.get(DEADLINE_KEY)
-    armed = arm(*override) if override else arm(settings.deadline, settings.grace)
-    ctx._attach_deadline(armed)
-    token = _current_task.set(ctx)
     result: Result | None = None
+    token = _current_task.set(ctx)
+    deadline, grace = override if override else (settings.deadline, settings.grace)
     try:
+        # The error may be delivered from the moment arm() returns until disarm() is entered,
+        # so all that runs in between (attaching the deadline included) is inside the try
+        # whose finally disarms. Between arm() returning and that try there is no point where
+        # the interpreter delivers it: a plain call of a Python function, a store, the try.
+        armed = arm(deadline, grace)
         try:
-            chunks: Iterable[bytes] = app(environ, capture)
             try:
-                body.extend(chunks)
+                ctx._attach_deadline(armed)
+                chunks: Iterable[bytes] = app(environ, capture)
+                try:
+                    body.extend(chunks)
+                finally:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
             finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-        finally:
-            armed.disarm()
-        if not response:
-            raise RuntimeError("the application returned without calling start_response")
-    except _PASS_THROUGH:
-        raise
-    except BaseException as exc:
-        result = failure(ctx, exc)
+                armed.disarm()
+            if not response:
+                raise RuntimeError("the application returned without calling start_response")
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
+            result = failure(ctx, exc)
     finally:
         _current_task.reset(token)
 

@@ -607,3 +607,21 @@ def test_the_same_names_in_another_order_are_stripped_in_place() -> None:
     for scope in inner.scopes:
         assert [(n, v) for n, v in scope["headers"] if n != b"host"] == [(b"a", b"1"), (b"b", b"2")]
         assert scope["taskhandler.stripped"] == ["x-appengine-queuename"]
+
+
+def test_headers_as_any_iterable_or_odd_name_types_are_still_judged() -> None:
+    """ASGI promises only an iterable of name/value pairs: a generator of headers, or a
+    bytearray name, is stripped like a list of bytes."""
+    inner = Recorder()
+    app = asgi.TaskMiddleware(inner)
+    scope = scope_for(headers=[("a", "1")])
+    scope["headers"] = iter([(b"a", b"1"), (b"x-appengine-queuename", b"q")])
+    asyncio.run(call_asgi(app, scope))
+    scope = scope_for(headers=[("a", "1")])
+    scope["headers"] = [(b"a", b"1"), (bytearray(b"X-AppEngine-TaskName"), b"t")]
+    asyncio.run(call_asgi(app, scope))
+    assert [list(s["headers"]) for s in inner.scopes] == [[(b"a", b"1")], [(b"a", b"1")]]
+    assert [s["taskhandler.stripped"] for s in inner.scopes] == [
+        ["x-appengine-queuename"],
+        ["x-appengine-taskname"],
+    ]

@@ -178,6 +178,8 @@ def test_resolve_deadline_accepts(deadline: Any, grace: Any, expected: tuple[flo
         pytest.param(True, None, "number of seconds", id="deadline as bool"),
         pytest.param(float("nan"), None, "finite", id="NaN deadline"),
         pytest.param(float("inf"), None, "finite", id="infinite deadline"),
+        pytest.param(86_401, None, "at most 86400 s", id="longer than any push task"),
+        pytest.param(1e10, None, "at most 86400 s", id="beyond what a timer can wait"),
         pytest.param(None, float("nan"), "finite", id="NaN grace"),
     ],
 )

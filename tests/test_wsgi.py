@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,7 @@ from taskhandler import (
     current_task,
     wsgi,
 )
-from taskhandler.deadline import DeadlineExceededError
+from taskhandler.deadline import INTERRUPTS_SUPPORTED, DeadlineExceededError, default_watchdog
 
 TASK = {"HTTP_X_APPENGINE_QUEUENAME": "default", "HTTP_X_APPENGINE_TASKNAME": "task-1"}
 
@@ -415,3 +416,53 @@ def test_case_variants_of_one_header_from_the_queue_are_refused() -> None:
     assert status == "400 Bad Request"
     assert headers["X-Task-Outcome"] == "rejected"
     assert inner.calls == []
+
+
+@pytest.mark.skipif(not INTERRUPTS_SUPPORTED, reason="no interruption on this interpreter")
+def test_a_deadline_due_at_once_never_escapes_the_middleware() -> None:
+    """A deadline due the moment it is armed lands inside the request, wherever that is
+    (even before the app is called): answered 500, never raised out of the middleware or
+    into the thread's next work, and no task or deadline is left behind on the thread."""
+    escaped: list[str] = []
+    answers: list[str] = []
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = TaskMiddleware(app)
+
+    def requests(first: int) -> None:
+        for i in range(first, first + 1500):
+            env = {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": "/t",
+                "REMOTE_ADDR": "0.1.0.2",
+                "HTTP_X_APPENGINE_QUEUENAME": "q",
+                "HTTP_X_APPENGINE_TASKNAME": f"t{i}",
+                "taskhandler.deadline": (0.002, 0.0019),
+            }
+            try:
+                status, _, _ = call(middleware, peer="0.1.0.2", **env)
+                with lock:
+                    answers.append(status)
+                if current_task() is not None:
+                    escaped.append("task left set")
+                sum(range(500))  # where a stray delivery would land
+            except DeadlineExceededError:
+                escaped.append(f"request {i}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.000001)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=requests, args=(k * 10_000,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert escaped == []
+    assert len(answers) == 6000 and set(answers) <= {"200 OK", "500 Internal Server Error"}
+    assert default_watchdog.armed_count == 0
