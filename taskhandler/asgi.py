@@ -43,7 +43,7 @@ from .context import TaskContext
 from .context import _current as _current_task
 from .deadline import AsyncArmed, arm, arm_async
 from .exceptions import PermanentTaskFailure, RetryTask
-from .headers import TASK_HEADER_PREFIXES, FieldPlan, parse_task_headers
+from .headers import TASK_HEADER_PREFIXES, FieldPlan, collect, parse_task_headers
 from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
@@ -166,11 +166,10 @@ def _task_fields(
         return plan.fields.parse(
             {name: _text(headers[i][1]) for name, i in zip(plan.stripped, plan.task, strict=True)}
         )
-    values: dict[str, str] = {}
-    for i in plan.task:  # copies of one name (and its "_" spelling) are joined, as in WSGI
-        name, text = _norm(headers[i][0]), _text(headers[i][1])
-        values[name] = text if name not in values else f"{values[name]},{text}"
-    return parse_task_headers(values)
+    # Copies of one name (and its "_" spelling) are joined and refused, as in WSGI.
+    return parse_task_headers(
+        collect((_text(headers[i][0]), _text(headers[i][1])) for i in plan.task)
+    )
 
 
 def _host(scope: Scope) -> str:
@@ -441,11 +440,10 @@ async def run_task(
         found = request_path(scope)
         return found if isinstance(found, str) else str(scope.get("path", ""))
 
-    if result is not None or armed.overran():
-        result = conclude(ctx, result, armed.overran(), armed.elapsed(), path)
-        if result is not None:
-            await _plain(send, result)
-            return
+    result = conclude(ctx, result, armed, path)
+    if result is not None:
+        await _plain(send, result)
+        return
 
     message = start[0]
     status = int(message.get("status", 500))
@@ -455,7 +453,7 @@ async def run_task(
         if name.lower() == _OUTCOME_NAME:
             declared = _text(value)
             break
-    outcome = app_outcome(ctx, status, declared, armed.elapsed(), path)
+    outcome = app_outcome(ctx, status, declared, armed, path)
     if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
     await send({**message, "headers": headers})

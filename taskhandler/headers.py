@@ -287,9 +287,7 @@ class FieldPlan:
     """
 
     fields: tuple[str, ...]
-    """The fields present, in the order of ``headers``."""
-    headers: tuple[str, ...]
-    """The header name (or environ key) each field comes from."""
+    """The fields present, in the order their headers came."""
     names: Mapping[str, str]
     """field -> canonical header spelling, for messages."""
     _get: Callable[[Mapping[str, str]], Any]
@@ -325,7 +323,6 @@ class FieldPlan:
         getter = operator.itemgetter(*headers.values()) if len(headers) > 1 else _one(headers)
         return cls(
             fields,
-            tuple(headers.values()),
             {field: _CANONICAL_OF[name] for field, name in headers.items()},
             getter,
             usual,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .exceptions import PermanentTaskFailure, RetryTask
 
@@ -154,25 +154,34 @@ def failure_response(result: Result) -> tuple[list[tuple[str, str]], bytes]:
     ], body
 
 
+class Timed(Protocol):
+    """A task request's deadline, as the adapters armed it (``Armed``, ``AsyncArmed``)."""
+
+    def overran(self) -> bool: ...
+
+    def elapsed(self) -> float: ...
+
+
 def conclude(
-    ctx: TaskContext, result: Result | None, overran: bool, duration: float, path: RequestPath
+    ctx: TaskContext, result: Result | None, deadline: Timed, path: RequestPath
 ) -> Result | None:
     """End a task request that failed or overran: the result to answer with, logged once.
 
     ``None`` means the app's own answer stands; :func:`app_outcome` then logs it.
     """
-    if result is None and overran:
+    if result is None:
+        if not deadline.overran():
+            return None
         result = Result(500, "deadline-exceeded", "the handler ran past its deadline")
         log.error("task %s/%s ran past its deadline", ctx.queue_name, ctx.task_name)
-    if result is not None:
-        log_task(ctx, result.status, result.outcome, duration, path, result.reason)
+    log_task(ctx, result.status, result.outcome, deadline.elapsed(), path, result.reason)
     return result
 
 
 def app_outcome(
-    ctx: TaskContext, status: int, declared: str | None, duration: float, path: RequestPath
+    ctx: TaskContext, status: int, declared: str | None, deadline: Timed, path: RequestPath
 ) -> str:
     """The outcome of the app's own answer (its ``X-Task-Outcome``, else by status), logged."""
     outcome = declared if declared is not None else outcome_for_status(status)
-    log_task(ctx, status, outcome, duration, path)
+    log_task(ctx, status, outcome, deadline.elapsed(), path)
     return outcome

@@ -21,7 +21,7 @@ from .access import Refusal, request_path_wsgi
 from .context import TaskContext
 from .context import _current as _current_task
 from .deadline import arm
-from .headers import ENVIRON_PREFIXES, FieldPlan, parse_task_headers
+from .headers import ENVIRON_PREFIXES, FieldPlan, collect, parse_task_headers
 from .outcome import (
     OUTCOME_HEADER,
     OUTCOME_HEADER_LOWER,
@@ -117,11 +117,9 @@ class _KeyPlan:
             self._planned = True
         if self._fields is not None:
             return self._fields.parse(environ)
-        values: dict[str, str] = {}
-        for key in self.keys:  # case variants of one name count as copies of one header
-            name, value = key.upper(), environ[key]
-            values[name] = value if name not in values else f"{values[name]},{value}"
-        return parse_task_headers(values)
+        # Case variants of one name count as copies of one header, joined and refused.
+        values = [environ[key] for key in self.keys]
+        return parse_task_headers(collect(zip(self.stripped, values, strict=True)))
 
 
 _NO_TASK_HEADERS = _KeyPlan(())
@@ -295,12 +293,11 @@ def run_task(
     finally:
         _current_task.reset(token)
 
-    if result is not None or armed.overran():
-        result = conclude(ctx, result, armed.overran(), armed.elapsed(), _Path(environ))
-        if result is not None:
-            headers, payload = failure_response(result)
-            start_response(status_line(result.status), headers)
-            return [payload]
+    result = conclude(ctx, result, armed, _Path(environ))
+    if result is not None:
+        headers, payload = failure_response(result)
+        start_response(status_line(result.status), headers)
+        return [payload]
 
     status_text, headers = response
     try:
@@ -313,7 +310,7 @@ def run_task(
         if name.lower() == OUTCOME_HEADER_LOWER:
             declared = value
             break
-    outcome = app_outcome(ctx, status, declared, armed.elapsed(), _Path(environ))
+    outcome = app_outcome(ctx, status, declared, armed, _Path(environ))
     if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
     start_response(status_text, headers)
