@@ -125,22 +125,8 @@ PROJECT = "bench-project"
 LOCATION = "us-central1"
 STARTUP_TIMEOUT = 20.0
 
-# The emulator's own run() binds its gRPC server to every interface; this binds 127.0.0.1.
-EMULATOR_LAUNCHER = r"""
-import logging, sys
-from gcloud_tasks_emulator import server
-
-def run_on_loopback(self):
-    self._httpd = server.grpc.server(server.futures.ThreadPoolExecutor(max_workers=4))
-    server.add_CloudTasksServicer_to_server(server.Greeter(self._state), self._httpd)
-    self._httpd.add_insecure_port(f"127.0.0.1:{self._port}")
-    self._httpd.start()
-
-server.APIThread.run = run_on_loopback
-logging.basicConfig(level=logging.WARNING)
-port, target_port, max_retries = map(int, sys.argv[1:4])
-server.create_server("127.0.0.1", port, "127.0.0.1", target_port, [], max_retries).run()
-"""
+# gcloud-tasks-emulator on 127.0.0.1 only (its own run() binds every interface).
+EMULATOR_LAUNCHER = str(Path(__file__).resolve().parents[1] / "tests" / "emulator_on_loopback.py")
 
 
 def free_port() -> int:
@@ -206,7 +192,7 @@ def emulator(workdir: Path, app_port: int) -> Iterator[Any]:
     from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
     port = free_port()
-    command = [sys.executable, "-c", EMULATOR_LAUNCHER, str(port), str(app_port), "5"]
+    command = [sys.executable, EMULATOR_LAUNCHER, str(port), str(app_port), "5"]
     with subprocess_on_port(command, port, workdir / "emulator.log", {}):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         try:

@@ -125,22 +125,7 @@ app.wsgi_app = TaskMiddleware(  # type: ignore[method-assign]
 
 # -- the emulator ----------------------------------------------------------------------------
 
-LAUNCHER = r"""
-import logging, sys
-from gcloud_tasks_emulator import server
-
-def run_on_loopback(self):
-    # The emulator's own run() binds [::], every interface; tests stay on 127.0.0.1.
-    self._httpd = server.grpc.server(server.futures.ThreadPoolExecutor(max_workers=4))
-    server.add_CloudTasksServicer_to_server(server.Greeter(self._state), self._httpd)
-    self._httpd.add_insecure_port(f"127.0.0.1:{self._port}")
-    self._httpd.start()
-
-server.APIThread.run = run_on_loopback
-logging.basicConfig(level=logging.WARNING)
-port, target_port, max_retries = map(int, sys.argv[1:4])
-server.create_server("127.0.0.1", port, "127.0.0.1", target_port, [], max_retries).run()
-"""
+LAUNCHER = str(Path(__file__).with_name("emulator_on_loopback.py"))
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +147,7 @@ def emulator(app_url: str, workdir: Path) -> Iterator[str]:
     target_port = app_url.rsplit(":", 1)[1]
     with open(workdir / "emulator.log", "wb") as output:
         proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(port), target_port, "5"],
+            [sys.executable, LAUNCHER, str(port), target_port, "5"],
             stdout=output,
             stderr=subprocess.STDOUT,
         )
