@@ -6,9 +6,10 @@ might come from an admin. Built in:
 
 - :class:`SignedCookieAuth` -- a signed, time-limited cookie set by a small sign-in page at
   ``/_ah/login`` (email and a "sign in as administrator" box, like App Engine's development
-  server). For development and for small deployments where whoever can reach the sign-in
-  page may be an admin: the page asks for no password. Put a real identity provider in
-  front (IAP, a framework session) for anything else, as a plain callable.
+  server) and cleared by a sign-out button at ``/_ah/logout``. For development and for
+  small deployments where whoever can reach the sign-in page may be an admin: the page
+  asks for no password. Put a real identity provider in front (IAP, a framework session)
+  for anything else, as a plain callable.
 - :class:`AppEngineUserAuth` -- the platform's ``X-AppEngine-User-*`` headers, which only
   App Engine can vouch for; the middleware refuses it unless ``TrustPolicy.app_engine()``.
 
@@ -45,6 +46,7 @@ __all__ = [
     "SignedCookieAuth",
     "is_localhost",
     "safe_redirect_target",
+    "same_origin",
 ]
 
 LOGIN_PATH = "/_ah/login"
@@ -162,10 +164,14 @@ class SignedCookieAuth:
 
     ``/_ah/login`` shows a form (email, "sign in as administrator") and on POST sets the
     cookie and redirects to ``continue``, which must be a same-site URL
-    (:func:`safe_redirect_target`). ``/_ah/logout`` clears it. The POST is protected
-    against cross-site requests by ``SameSite=Strict``, an ``Origin``/``Sec-Fetch-Site``
-    check and a double-submit token; it asks for no password, so expose it only where
-    everyone who can reach it may be an administrator.
+    (:func:`safe_redirect_target`). ``/_ah/logout`` shows a "Sign out" button; its POST
+    clears the cookie and redirects to ``continue``. A GET never signs anyone out (App
+    Engine's development server did, so any page could sign its visitors out with an
+    ``<img>``). Both POSTs are protected against cross-site requests by ``SameSite=Strict``,
+    an ``Origin``/``Sec-Fetch-Site`` check (:func:`same_origin`) and a double-submit token
+    (a ``SameSite=Strict`` cookie scoped to the page's path, echoed by the form). Sign-in
+    asks for no password, so expose it only where everyone who can reach it may be an
+    administrator.
 
     Args:
         secret_key: a key of at least 32 bytes, or a list of keys for rotation: the first
@@ -306,18 +312,58 @@ class SignedCookieAuth:
                 return self._login_post(request, body)
             return _method_not_allowed("GET, HEAD, POST")
         if request.path == LOGOUT_PATH:
-            if request.method in ("GET", "HEAD", "POST"):
-                target = safe_redirect_target(_query_value(request, "continue"), request.host)
-                headers = [("Set-Cookie", self._clear_cookie_header(request, self.cookie_name))]
-                return _redirect(target, headers)
+            if request.method in ("GET", "HEAD"):
+                return self._logout_form(request, head=request.method == "HEAD")
+            if request.method == "POST":
+                return self._logout_post(request, body)
             return _method_not_allowed("GET, HEAD, POST")
         return None
+
+    # The double-submit token: a random value in a SameSite=Strict, HttpOnly cookie scoped
+    # to the page's own path (/_ah/login or /_ah/logout), echoed by the page's form. Another
+    # site can neither read the cookie nor make the browser send it.
 
     def _csrf_token(self, request: RequestInfo) -> tuple[str, bool]:
         token = request.cookies.get(self.csrf_cookie_name, "")
         if _CSRF_TOKEN.fullmatch(token):
             return token, False
         return secrets.token_urlsafe(32), True
+
+    def _csrf_cookie_header(self, request: RequestInfo, token: str) -> str:
+        return dump_cookie(
+            self.csrf_cookie_name,
+            token,
+            path=request.path,
+            secure=self._secure(request),
+            httponly=True,
+            samesite="Strict",
+        )
+
+    def _clear_csrf_cookie_header(self, request: RequestInfo) -> str:
+        return dump_cookie(
+            self.csrf_cookie_name,
+            "",
+            max_age=0,
+            expires=0,
+            path=request.path,
+            secure=self._secure(request),
+            httponly=True,
+            samesite="Strict",
+        )
+
+    def _token_matches(self, request: RequestInfo, form_token: str) -> bool:
+        cookie_token = request.cookies.get(self.csrf_cookie_name, "")
+        return _CSRF_TOKEN.fullmatch(cookie_token) is not None and hmac.compare_digest(
+            cookie_token.encode(), form_token.encode()
+        )
+
+    def _page_headers(self, request: RequestInfo) -> tuple[str, list[tuple[str, str]]]:
+        """The form's token and the page's headers (setting the token cookie when new)."""
+        token, new = self._csrf_token(request)
+        headers = _html_headers()
+        if new:
+            headers.append(("Set-Cookie", self._csrf_cookie_header(request, token)))
+        return token, headers
 
     def _login_form(
         self,
@@ -331,43 +377,21 @@ class SignedCookieAuth:
     ) -> Page:
         if target is None:
             target = safe_redirect_target(_query_value(request, "continue"), request.host)
-        token, new = self._csrf_token(request)
+        token, headers = self._page_headers(request)
         current = self(request)
-        headers = _html_headers()
-        if new:
-            cookie = dump_cookie(
-                self.csrf_cookie_name,
-                token,
-                path=LOGIN_PATH,
-                secure=self._secure(request),
-                httponly=True,
-                samesite="Strict",
-            )
-            headers.append(("Set-Cookie", cookie))
         body = _render_form(
             target=target, token=token, current=current, error=error, email=email
         ).encode("utf-8")
         return Page(status, headers, b"" if head else body)
 
     def _login_post(self, request: RequestInfo, body: bytes) -> Page:
-        if not _same_origin(request):
+        if not same_origin(request):
             return _text_page(403, "cross-site sign-in refused")
-        content_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            return _text_page(415, "expected a form (application/x-www-form-urlencoded)")
-        if len(body) > _MAX_FORM_BYTES:
-            return _text_page(413, "form too large")
-        try:
-            form = parse_qs(body.decode("utf-8"), max_num_fields=16)
-        except (UnicodeDecodeError, ValueError):
-            return _text_page(400, "malformed form")
-        field = {name: values[0] for name, values in form.items()}
+        field = _read_form(request, body)
+        if isinstance(field, Page):
+            return field
         target = safe_redirect_target(field.get("continue"), request.host)
-        cookie_token = request.cookies.get(self.csrf_cookie_name, "")
-        form_token = field.get("csrf", "")
-        if not _CSRF_TOKEN.fullmatch(cookie_token) or not hmac.compare_digest(
-            cookie_token.encode(), form_token.encode()
-        ):
+        if not self._token_matches(request, field.get("csrf", "")):
             return self._login_form(
                 request, status=403, error="The form expired; please sign in again.", target=target
             )
@@ -383,19 +407,41 @@ class SignedCookieAuth:
         admin = field.get("admin", "") in ("True", "true", "on", "1")
         headers = [
             ("Set-Cookie", self.set_cookie_header(request, email, admin=admin)),
-            (
-                "Set-Cookie",
-                dump_cookie(
-                    self.csrf_cookie_name,
-                    "",
-                    max_age=0,
-                    expires=0,
-                    path=LOGIN_PATH,
-                    secure=self._secure(request),
-                    httponly=True,
-                    samesite="Strict",
-                ),
-            ),
+            ("Set-Cookie", self._clear_csrf_cookie_header(request)),
+        ]
+        return _redirect(target, headers)
+
+    def _logout_form(
+        self,
+        request: RequestInfo,
+        *,
+        head: bool = False,
+        status: int = 200,
+        error: str = "",
+        target: str | None = None,
+    ) -> Page:
+        if target is None:
+            target = safe_redirect_target(_query_value(request, "continue"), request.host)
+        token, headers = self._page_headers(request)
+        body = _render_logout(
+            target=target, token=token, current=self(request), error=error
+        ).encode("utf-8")
+        return Page(status, headers, b"" if head else body)
+
+    def _logout_post(self, request: RequestInfo, body: bytes) -> Page:
+        if not same_origin(request):
+            return _text_page(403, "cross-site sign-out refused")
+        field = _read_form(request, body)
+        if isinstance(field, Page):
+            return field
+        target = safe_redirect_target(field.get("continue"), request.host)
+        if not self._token_matches(request, field.get("csrf", "")):
+            return self._logout_form(
+                request, status=403, error="The form expired; please sign out again.", target=target
+            )
+        headers = [
+            ("Set-Cookie", self._clear_cookie_header(request, self.cookie_name)),
+            ("Set-Cookie", self._clear_csrf_cookie_header(request)),
         ]
         return _redirect(target, headers)
 
@@ -437,8 +483,15 @@ def _query_value(request: RequestInfo, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _same_origin(request: RequestInfo) -> bool:
-    """Refuse a POST that the browser says came from another site."""
+def same_origin(request: RequestInfo) -> bool:
+    """Whether a state-changing request may have come from the site's own pages.
+
+    False when the browser says another site made it send the request: ``Sec-Fetch-Site``
+    other than ``same-origin``/``none``, an ``Origin`` other than the request's own
+    ``scheme://host``, or ``Origin: null``. A request with neither header (curl, a test
+    client) passes: only browsers are made to send requests by other sites, and every
+    current browser sends ``Origin`` on a POST. Check the form's token as well.
+    """
     fetch_site = request.header("sec-fetch-site")
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return False
@@ -459,9 +512,23 @@ def _html_headers() -> list[tuple[str, str]]:
         ),
         ("X-Frame-Options", "DENY"),
         # Not "no-referrer": with it browsers post the form with "Origin: null", which
-        # _same_origin refuses.
+        # same_origin refuses.
         ("Referrer-Policy", "same-origin"),
     ]
+
+
+def _read_form(request: RequestInfo, body: bytes) -> dict[str, str] | Page:
+    """A small url-encoded form's fields (first value of each), or the error page."""
+    content_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _text_page(415, "expected a form (application/x-www-form-urlencoded)")
+    if len(body) > _MAX_FORM_BYTES:
+        return _text_page(413, "form too large")
+    try:
+        form = parse_qs(body.decode("utf-8"), max_num_fields=16)
+    except (UnicodeDecodeError, ValueError):
+        return _text_page(400, "malformed form")
+    return {name: values[0] for name, values in form.items()}
 
 
 def _text_page(status: int, message: str) -> Page:
@@ -517,6 +584,39 @@ def _render_form(*, target: str, token: str, current: User | None, error: str, e
         error=f'<p class="error" role="alert">{html.escape(error)}</p>\n' if error else "",
         action=html.escape(LOGIN_PATH),
         email=html.escape(email),
+        target=html.escape(target),
+        token=html.escape(token),
+    )
+
+
+_LOGOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign out</title>
+<style>body{{font-family:sans-serif;max-width:28em;margin:3em auto}}.error{{color:#b00}}</style>
+</head>
+<body>
+<h1>Sign out</h1>
+{current}{error}<form method="post" action="{action}">
+<input type="hidden" name="continue" value="{target}">
+<input type="hidden" name="csrf" value="{token}">
+<button type="submit" id="submit-logout">Sign out</button>
+<a id="cancel" href="{target}">Cancel</a>
+</form>
+</body></html>
+"""
+
+
+def _render_logout(*, target: str, token: str, current: User | None, error: str) -> str:
+    if current is None:
+        who = '<p id="current">You are not signed in.</p>\n'
+    else:
+        role = " (administrator)" if current.is_admin else ""
+        who = f'<p id="current">Signed in as {html.escape(current.email)}{role}.</p>\n'
+    return _LOGOUT.format(
+        current=who,
+        error=f'<p class="error" role="alert">{html.escape(error)}</p>\n' if error else "",
+        action=html.escape(LOGOUT_PATH),
         target=html.escape(target),
         token=html.escape(token),
     )

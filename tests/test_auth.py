@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -305,6 +306,8 @@ def test_login_form_has_the_fields() -> None:
     headers = dict(page.headers)
     assert headers["Content-Type"].startswith("text/html")
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    (csrf,) = _set_cookies(page)
+    assert "Path=/_ah/login" in csrf
 
 
 def test_login_form_escapes_what_it_echoes() -> None:
@@ -439,16 +442,157 @@ def test_sign_in_refuses_odd_requests(
     assert _set_cookies(page) == []
 
 
-def test_sign_out_clears_the_cookie() -> None:
-    """/_ah/logout expires the cookie and goes back to continue."""
-    auth = SignedCookieAuth(KEY)
-    page = auth.serve(_request("/_ah/logout", query="continue=%2Fdone"), b"")
+def _signed_in_cookies(auth: SignedCookieAuth, **extra: str) -> dict[str, str]:
+    return {auth.cookie_name: auth.cookie_value("ada@example.com", admin=True), **extra}
+
+
+def _sign_out(
+    auth: SignedCookieAuth,
+    *,
+    continue_to: str = "/done",
+    headers: dict[str, str] | None = None,
+    cookie_token: str | None = "from-the-page",
+    form_token: str | None = "from-the-page",
+    content_type: str = "application/x-www-form-urlencoded",
+) -> Page:
+    """Show the sign-out page to a signed-in user, then post its form (tokens overridable)."""
+    shown = auth.serve(_request("/_ah/logout", cookies=_signed_in_cookies(auth)), b"")
+    assert shown is not None
+    token = _set_cookies(shown)[0].split(";", 1)[0].split("=", 1)[1]
+    cookies = _signed_in_cookies(auth)
+    if cookie_token is not None:
+        cookies[auth.csrf_cookie_name] = token if cookie_token == "from-the-page" else cookie_token
+    fields = {"continue": continue_to}
+    if form_token is not None:
+        fields["csrf"] = token if form_token == "from-the-page" else form_token
+    page = auth.serve(
+        _request(
+            "/_ah/logout",
+            method="POST",
+            cookies=cookies,
+            headers={"Content-Type": content_type, **(headers or {})},
+        ),
+        urlencode(fields).encode(),
+    )
     assert page is not None
+    return page
+
+
+def _clears_sign_in(page: Page, auth: SignedCookieAuth) -> bool:
+    return any(c.startswith(f"{auth.cookie_name}=;") for c in _set_cookies(page))
+
+
+@pytest.mark.parametrize("method", [pytest.param("GET", id="GET"), pytest.param("HEAD", id="HEAD")])
+def test_sign_out_get_only_asks(method: str) -> None:
+    """GET /_ah/logout (an old link, an <img> on another site) shows a button, signs no one out."""
+    auth = SignedCookieAuth(KEY)
+    request = _request(
+        "/_ah/logout", method=method, query="continue=%2Fdone", cookies=_signed_in_cookies(auth)
+    )
+    page = auth.serve(request, b"")
+    assert page is not None
+    assert page.status == 200
+    assert not _clears_sign_in(page, auth)
+    (csrf,) = _set_cookies(page)
+    assert csrf.startswith(f"{auth.csrf_cookie_name}=")
+    assert "Path=/_ah/logout" in csrf
+    assert "SameSite=Strict" in csrf
+    assert {"httponly"} <= _cookie_attrs(csrf)
+    if method == "HEAD":
+        assert page.body == b""
+        return
+    html = page.body.decode()
+    assert '<form method="post" action="/_ah/logout">' in html
+    assert 'name="continue" value="/done"' in html
+    token = csrf.split(";", 1)[0].split("=", 1)[1]
+    assert f'name="csrf" value="{token}"' in html
+    assert "Signed in as ada@example.com (administrator)" in html
+    assert "frame-ancestors 'none'" in dict(page.headers)["Content-Security-Policy"]
+
+
+def test_sign_out_page_when_nobody_is_signed_in() -> None:
+    """The sign-out page says so when nobody is signed in."""
+    page = SignedCookieAuth(KEY).serve(_request("/_ah/logout"), b"")
+    assert page is not None
+    assert page.status == 200
+    assert b"You are not signed in." in page.body
+
+
+def test_sign_out_post_clears_the_cookie() -> None:
+    """The sign-out form's POST expires the cookie and goes back to continue."""
+    auth = SignedCookieAuth(KEY)
+    page = _sign_out(auth, continue_to="/done")
     assert page.status == 302
     assert _location(page) == "/done"
-    (cookie,) = _set_cookies(page)
-    assert cookie.startswith(f"{auth.cookie_name}=;")
-    assert "Max-Age=0" in cookie
+    signin, csrf = _set_cookies(page)
+    assert signin.startswith(f"{auth.cookie_name}=;")
+    assert "Max-Age=0" in signin
+    assert csrf.startswith(f"{auth.csrf_cookie_name}=;")
+    assert "Path=/_ah/logout" in csrf
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("/tasks/x", "/tasks/x", id="relative path kept"),
+        pytest.param("//evil.example/", "/", id="scheme-relative other host"),
+        pytest.param("https://evil.example/", "/", id="other host"),
+    ],
+)
+def test_sign_out_never_redirects_off_site(value: str, expected: str) -> None:
+    """The sign-out page and its POST keep continue on the site."""
+    auth = SignedCookieAuth(KEY)
+    shown = auth.serve(_request("/_ah/logout", query=urlencode({"continue": value})), b"")
+    assert shown is not None
+    assert f'name="continue" value="{expected}"'.encode() in shown.body
+    assert _location(_sign_out(auth, continue_to=value)) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        pytest.param({"headers": {"Origin": "https://evil.example"}}, 403, id="cross-site Origin"),
+        pytest.param({"headers": {"Origin": "null"}}, 403, id="opaque Origin"),
+        pytest.param({"headers": {"Sec-Fetch-Site": "cross-site"}}, 403, id="cross-site fetch"),
+        pytest.param({"headers": {"Sec-Fetch-Site": "same-site"}}, 403, id="sibling subdomain"),
+        pytest.param({"cookie_token": None}, 403, id="no token cookie"),
+        pytest.param({"form_token": None}, 403, id="no form token"),
+        pytest.param({"form_token": "u" * 43}, 403, id="tokens differ"),
+        pytest.param({"cookie_token": "short", "form_token": "short"}, 403, id="malformed token"),
+        pytest.param({"content_type": "text/plain"}, 415, id="text/plain form"),
+        pytest.param({"headers": {"Origin": "http://localhost:8080"}}, 302, id="same Origin"),
+        pytest.param({"headers": {"Sec-Fetch-Site": "same-origin"}}, 302, id="same-origin fetch"),
+        pytest.param({}, 302, id="no Origin headers"),
+    ],
+)
+def test_sign_out_post_needs_same_origin_and_token(overrides: dict[str, Any], status: int) -> None:
+    """A sign-out POST from another site, or without the page's token, signs no one out."""
+    auth = SignedCookieAuth(KEY)
+    page = _sign_out(auth, **overrides)
+    assert page.status == status
+    assert _clears_sign_in(page, auth) is (status == 302)
+
+
+def test_stale_sign_out_form_offers_a_fresh_one() -> None:
+    """A POST with a stale token gets the page again (403) with a fresh form to retry."""
+    auth = SignedCookieAuth(KEY)
+    page = _sign_out(auth, form_token="t" * 43, continue_to="/tasks/x")
+    assert page.status == 403
+    assert b"The form expired; please sign out again." in page.body
+    assert b'name="continue" value="/tasks/x"' in page.body
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param("PUT", id="PUT"), pytest.param("DELETE", id="DELETE")]
+)
+def test_sign_out_refuses_other_methods(method: str) -> None:
+    """Methods other than GET, HEAD and POST get 405 and sign no one out."""
+    auth = SignedCookieAuth(KEY)
+    page = auth.serve(_request("/_ah/logout", method=method, cookies=_signed_in_cookies(auth)), b"")
+    assert page is not None
+    assert page.status == 405
+    assert dict(page.headers)["Allow"] == "GET, HEAD, POST"
+    assert _set_cookies(page) == []
 
 
 @pytest.mark.parametrize(
@@ -546,7 +690,7 @@ def test_app_engine_user_auth_under_app_engine_trust() -> None:
 
 
 def test_sign_in_flow_through_the_middleware() -> None:
-    """Protected URL -> sign-in page -> POST -> back to the URL with the page -> sign out."""
+    """Protected URL -> sign-in -> back to the URL -> sign-out page -> its POST -> signed out."""
     auth = SignedCookieAuth(KEY)
     app = TaskMiddleware(
         _ok,
@@ -566,5 +710,13 @@ def test_sign_in_flow_through_the_middleware() -> None:
     assert signed_in.status_code == 302
     assert signed_in.headers["Location"] == "/tasks/x?a=1"
     assert client.get("/tasks/x?a=1").text == "ran"
-    assert client.get("/_ah/logout?continue=/tasks/x").status_code == 302
+    confirm = client.get("/_ah/logout?continue=/tasks/x")
+    assert confirm.status_code == 200
+    assert client.get("/tasks/x").text == "ran"  # a GET signs no one out
+    logout_token = client.get_cookie(f"{auth.cookie_name}_csrf", path="/_ah/logout")
+    assert logout_token is not None
+    form = {"continue": "/tasks/x", "csrf": logout_token.value}
+    signed_out = client.post("/_ah/logout", data=form)
+    assert signed_out.status_code == 302
+    assert signed_out.headers["Location"] == "/tasks/x"
     assert client.get("/tasks/x").status_code == 302
