@@ -30,7 +30,7 @@ Pure: standard library and pydantic only.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -43,6 +43,8 @@ __all__ = [
     "check_path",
     "find_rule",
     "request_path_wsgi",
+    "routable_paths",
+    "strictest_rule",
 ]
 
 
@@ -130,6 +132,53 @@ def find_rule(rules: Sequence[AccessRule], path: str) -> AccessRule | None:
     return None
 
 
+def routable_paths(path: str, prefixes: Iterable[str]) -> tuple[str, ...]:
+    """Every path the app might route ``path`` on: the path itself and it without a prefix.
+
+    A mount prefix may be removed between the middleware and the router: ``SCRIPT_NAME``
+    (Flask routes ``PATH_INFO``), an ASGI ``root_path`` (FastAPI's own, or one a server took
+    from a request header: gunicorn's ``SCRIPT_NAME`` header, daphne's ``Daphne-Root-Path``,
+    ``X-Forwarded-Prefix`` under ``ProxyFix``). The rules are applied to each of these
+    paths and the strictest decision wins, so a prefix can never hide a protected URL.
+    A prefix counts only where it ends at a segment boundary of ``path``.
+
+    Example::
+
+        >>> routable_paths("/api/tasks/x", ["/api"])
+        ('/api/tasks/x', '/tasks/x')
+    """
+    paths = [path]
+    for prefix in prefixes:
+        prefix = prefix.rstrip("/")
+        if not prefix.startswith("/") or not path.startswith(prefix):
+            continue
+        rest = path[len(prefix) :]
+        if rest and not rest.startswith("/"):
+            continue
+        rest = rest or "/"
+        if rest not in paths:
+            paths.append(rest)
+    return tuple(paths)
+
+
+_LOGIN_RANK = {"optional": 0, "required": 1, "admin": 2}
+
+
+def strictest_rule(rules: Sequence[AccessRule], paths: Sequence[str]) -> AccessRule | None:
+    """The rule that decides a request routable on any of ``paths``: the strictest match.
+
+    Each path finds its first matching rule (App Engine semantics); of those, the one with
+    the strictest ``login`` wins, and ``secure: always`` from any of them is kept.
+    """
+    found = [rule for rule in (find_rule(rules, path) for path in paths) if rule is not None]
+    if len(found) <= 1:
+        return found[0] if found else None
+    strictest = max(found, key=lambda rule: _LOGIN_RANK[rule.login])
+    if strictest.secure != "always" and any(rule.secure == "always" for rule in found):
+        strictest = strictest.model_copy(update={"secure": "always"})
+    return strictest
+
+
 def _url(scheme: str, host: str, path: str, query_string: str) -> str:
     query = f"?{query_string}" if query_string else ""
     return f"{scheme}://{host}{quote(path, safe=_PATH_SAFE)}{query}"
@@ -153,6 +202,7 @@ def check_access(
     user: Callable[[], User | None],
     login_url: str = "/_ah/login",
     enforce_secure: bool = True,
+    also_routed_as: Sequence[str] = (),
 ) -> Refusal | None:
     """Return a :class:`Refusal` when the request may not proceed, else ``None``.
 
@@ -168,6 +218,8 @@ def check_access(
         login_url: the sign-in page; ``continue=<original URL>`` is added to it.
         enforce_secure: ``False`` under development trust, whose plain-HTTP server has no
             HTTPS to redirect to (App Engine's development server ignored ``secure:`` too).
+        also_routed_as: other paths the app may route this request on (see
+            :func:`routable_paths`); the strictest rule over all of them decides.
 
     The order of the checks is in the module docstring.
 
@@ -179,7 +231,9 @@ def check_access(
         # Refusal(status=302, reason="sign-in required",
         #         location="/_ah/login?continue=http%3A%2F%2Flocalhost%2Ftasks%2Fx")
     """
-    rule = find_rule(rules, path)
+    rule = (
+        strictest_rule(rules, (path, *also_routed_as)) if also_routed_as else find_rule(rules, path)
+    )
     if rule is None or not rule.protected or trusted:
         return None
 

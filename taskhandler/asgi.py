@@ -60,11 +60,12 @@ from .pipeline import (
     MiddlewareBase,
     RequestState,
     Settings,
+    check_rules,
     decide,
     refusal_body,
     synthetic_context,
 )
-from .trust import RequestInfo
+from .trust import FORWARDING_HEADERS, RequestInfo
 
 __all__ = ["TaskMiddleware", "endpoint", "handle_asgi", "request_info", "request_path", "run_task"]
 
@@ -93,15 +94,16 @@ def _norm(name: bytes) -> str:
 def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
     """``lower-case name -> value`` over ASGI headers; copies joined with ``,`` as WSGI servers do.
 
-    Underscore spellings count as the dash spelling, as they do in a WSGI environ. The
-    names are normalised on the first look-up only (strict trust without proxies never looks).
+    Names are compared in their exact dash spelling (any case): an ``_`` spelling of a
+    forwarding header is never read. The names are lower-cased on the first look-up only
+    (strict trust without proxies looks up little).
     """
     pairs: list[tuple[str, bytes]] | None = None
 
     def header(name: str) -> str | None:
         nonlocal pairs
         if pairs is None:
-            pairs = [(_norm(key), value) for key, value in headers]
+            pairs = [(_text(key).lower(), value) for key, value in headers]
         found = [_text(value) for key, value in pairs if key == name]
         return ",".join(found) if found else None
 
@@ -110,16 +112,22 @@ def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], st
 
 @dataclass(frozen=True, slots=True)
 class _HeaderPlan:
-    """What a request's header names alone say about its task headers."""
+    """What a request's header names alone say about its task and forwarding headers."""
 
     task: tuple[int, ...]
     """Positions in ``scope["headers"]`` of every task header, every spelling and copy."""
     stripped: tuple[str, ...]
     """Their names, lower case, ``_`` spelled ``-``, each once (``taskhandler.stripped``)."""
     kept: tuple[int, ...]
-    """Positions of the other headers."""
+    """Positions of the headers an untrusted request keeps."""
     fields: FieldPlan | None
     """How to parse them; ``None`` when a name comes twice or a field in both spellings."""
+    odd: tuple[int, ...] = ()
+    """Positions of ``_`` spellings of forwarding headers: removed from every request."""
+    odd_stripped: tuple[str, ...] = ()
+    """Their names, lower case, as sent."""
+    kept_trusted: tuple[int, ...] = ()
+    """Positions of the headers a trusted request keeps (all but ``odd``)."""
 
 
 _NO_TASK_HEADERS = _HeaderPlan((), (), (), None)
@@ -146,16 +154,27 @@ def _plan(headers: Sequence[tuple[bytes, bytes]]) -> _HeaderPlan:
 
 
 def _make_plan(names: tuple[bytes, ...]) -> _HeaderPlan:
-    normalized = [_norm(name) for name in names]
+    lowered = [_text(name).lower() for name in names]
+    normalized = [name.replace("_", "-") for name in lowered]
     task = tuple(i for i, name in enumerate(normalized) if name.startswith(TASK_HEADER_PREFIXES))
-    if not task:
+    odd = tuple(
+        i for i, name in enumerate(normalized) if name in FORWARDING_HEADERS and name != lowered[i]
+    )
+    if not task and not odd:
         return _NO_TASK_HEADERS
     spelled = [normalized[i] for i in task]
     stripped = tuple(dict.fromkeys(spelled))
     fields = FieldPlan.of(spelled) if len(stripped) == len(spelled) else None
-    is_task = set(task)
-    others = tuple(i for i in range(len(names)) if i not in is_task)
-    return _HeaderPlan(task, stripped, others, fields)
+    is_task, is_odd = set(task), set(odd)
+    return _HeaderPlan(
+        task,
+        stripped,
+        tuple(i for i in range(len(names)) if i not in is_task and i not in is_odd),
+        fields,
+        odd,
+        tuple(dict.fromkeys(lowered[i] for i in odd)),
+        tuple(i for i in range(len(names)) if i not in is_odd),
+    )
 
 
 def _task_fields(
@@ -230,11 +249,10 @@ def _app_path(scope: Scope) -> str:
 
 def request_info(scope: Scope) -> RequestInfo:
     """The protocol-neutral view of an ASGI request (for authenticators)."""
-    headers: dict[str, str] = {}
+    grouped: dict[str, list[str]] = {}
     for name, value in scope.get("headers", ()):
-        key = _norm(name)
-        text = _text(value)
-        headers[key] = text if key not in headers else f"{headers[key]}, {text}"
+        grouped.setdefault(_norm(name), []).append(_text(value))
+    headers = {key: ", ".join(values) for key, values in grouped.items()}
     path = request_path(scope)
     client = scope.get("client")
     return RequestInfo(
@@ -246,6 +264,19 @@ def request_info(scope: Scope) -> RequestInfo:
         headers=headers,
         cookies=dict(parse_cookie(headers.get("cookie", ""))),
         client=client[0] if client else None,
+    )
+
+
+def _locate(scope: Scope, own_root: str) -> Location:
+    """Where the request goes, with the mount prefixes the app may strip before routing."""
+    root = scope.get("root_path") or ""
+    prefixes = tuple(p for p in (root, own_root) if isinstance(p, str) and p)
+    return Location(
+        request_path(scope),
+        scope.get("scheme", "http"),
+        _host(scope),
+        _text(scope.get("query_string", b"")),
+        prefixes,
     )
 
 
@@ -324,9 +355,9 @@ class TaskMiddleware(MiddlewareBase):
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
             return
-        if isinstance(scope.get(STATE_KEY), RequestState):
-            # An outer TaskMiddleware already decided: one decision per request, the outermost.
-            await self.app(scope, receive, send)
+        outer = scope.get(STATE_KEY)
+        if isinstance(outer, RequestState):
+            await self._nested(outer, scope, receive, send)
             return
         settings = self.settings
         state = RequestState(settings, request_info, scope)
@@ -335,6 +366,11 @@ class TaskMiddleware(MiddlewareBase):
         if not isinstance(headers, list | tuple):  # ASGI promises an iterable; plans index it
             headers = scope["headers"] = list(headers)
         plan = _plan(headers)
+        if plan.odd:
+            # "_" spellings of forwarding headers are never read, whoever sent them.
+            scope["headers"] = [headers[i] for i in plan.kept_trusted]
+            scope[STRIPPED_KEY] = list(plan.odd_stripped)
+            state.stripped = plan.odd_stripped
         if not plan.task and self._plain_fast:
             await self.app(scope, receive, send)  # the common case: nothing to decide
             return
@@ -349,19 +385,14 @@ class TaskMiddleware(MiddlewareBase):
             state,
             peer=scope["client"][0] if scope.get("client") else None,
             task_fields=(lambda: _task_fields(headers, plan)) if plan.task else None,
-            header=_header_lookup(headers),
-            locate=lambda: Location(
-                request_path(scope),
-                scope.get("scheme", "http"),
-                _host(scope),
-                _text(scope.get("query_string", b"")),
-            ),
+            header=_header_lookup(scope["headers"]),
+            locate=lambda: _locate(scope, self._own_root),
         )
         if strip:
             # A new list: the caller's is left as it was.
             scope["headers"] = [headers[i] for i in plan.kept]
-            scope[STRIPPED_KEY] = list(plan.stripped)
-            state.stripped = plan.stripped
+            scope[STRIPPED_KEY] = [*plan.odd_stripped, *plan.stripped]
+            state.stripped = (*plan.odd_stripped, *plan.stripped)
         if refusal is not None:
             extra, body = refusal_body(refusal)
             await _respond(send, refusal.status, extra, body)
@@ -370,6 +401,43 @@ class TaskMiddleware(MiddlewareBase):
             await self.app(scope, receive, send)
             return
         await run_task(self.app, scope, receive, send, state.context, settings)
+
+    @property
+    def _own_root(self) -> str:
+        """A ``root_path`` the wrapped app strips by itself (``FastAPI(root_path=...)``)."""
+        root = getattr(self.app, "root_path", "")
+        return root if isinstance(root, str) else ""
+
+    async def _nested(
+        self, outer: RequestState, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Inside another ``TaskMiddleware``: its trust decision stands, these rules apply too.
+
+        One decision per request about trust and stripping, the outermost one; but this
+        layer's access rules, authenticator and sign-in pages still guard what is behind it.
+        """
+        settings = self.settings
+        if not settings.rules and not settings.serves_pages:
+            await self.app(scope, receive, send)
+            return
+        state = outer.inner(settings)
+        if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
+            go_on = await self._auth_page(scope, receive, send, state)
+            if go_on is None:
+                return
+            receive = go_on
+        if settings.rules:
+            refusal, _ = check_rules(
+                state,
+                scope["client"][0] if scope.get("client") else None,
+                _header_lookup(scope["headers"]),
+                lambda: _locate(scope, self._own_root),
+            )
+            if refusal is not None:
+                extra, body = refusal_body(refusal)
+                await _respond(send, refusal.status, extra, body)
+                return
+        await self.app(scope, receive, send)
 
     async def _auth_page(
         self, scope: Scope, receive: Receive, send: Send, state: RequestState

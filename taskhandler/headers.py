@@ -194,11 +194,10 @@ def collect(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     Joining is what an HTTP server does with two lines of one header, and a joined value is
     refused by the parser: a task header must arrive exactly once.
     """
-    values: dict[str, str] = {}
+    grouped: dict[str, list[str]] = {}
     for name, value in pairs:
-        key = normalize_name(name)
-        values[key] = value if key not in values else f"{values[key]},{value}"
-    return values
+        grouped.setdefault(normalize_name(name), []).append(value)
+    return {key: ",".join(values) for key, values in grouped.items()}
 
 
 def has_task_fields(values: Mapping[str, str]) -> bool:

@@ -22,7 +22,16 @@ from .deadline import DEFAULT_GRACE, resolve_deadline
 from .exceptions import ConfigError, InvalidTaskHeaders
 from .trust import Authenticator, RequestInfo, TrustedBy, TrustPolicy, User
 
-__all__ = ["Decision", "Location", "RequestState", "Settings", "decide", "make_settings"]
+__all__ = [
+    "Decision",
+    "Location",
+    "RequestState",
+    "Settings",
+    "check_rules",
+    "decide",
+    "header_prefixes",
+    "make_settings",
+]
 
 log = logging.getLogger("taskhandler")
 
@@ -136,6 +145,19 @@ class RequestState:
         self._info = info
         self._source = source
 
+    def inner(self, settings: Settings) -> RequestState:
+        """The state a nested ``TaskMiddleware`` judges its own rules with.
+
+        Trust is the outermost layer's (who the request was trusted as, its context); the
+        user is the inner layer's authenticator's, or the outer one's when it has none.
+        """
+        state = RequestState(settings, self._info, self._source)
+        state.trusted_by = self.trusted_by
+        state.context = self.context
+        if settings.authenticator is None:
+            state._user, state._user_known = self.user(), True
+        return state
+
     def request_info(self) -> RequestInfo:
         """The neutral view of the request (built on demand)."""
         if self._source is None:
@@ -170,12 +192,34 @@ class Decision(NamedTuple):
 
 
 class Location(NamedTuple):
-    """Where a request goes, for the access rules: decoded path (or a 400), scheme, host, query."""
+    """Where a request goes, for the access rules: decoded path (or a 400), scheme, host, query.
+
+    ``prefixes`` are mount prefixes that may be removed from the path before the app routes
+    it (``SCRIPT_NAME``, ``root_path``, prefixes named by request headers): the rules see
+    the path with and without each (see :func:`~taskhandler.access.routable_paths`).
+    """
 
     path: str | Refusal
     scheme: str
     host: str
     query_string: str
+    prefixes: tuple[str, ...] = ()
+
+
+# Request headers from which a server or ProxyFix may take a mount prefix (SCRIPT_NAME /
+# root_path): gunicorn's SCRIPT_NAME header, daphne's Daphne-Root-Path, X-Forwarded-Prefix.
+PREFIX_HEADERS = ("script-name", "daphne-root-path", "x-forwarded-prefix")
+_MAX_PREFIXES = 16
+
+
+def header_prefixes(header: Callable[[str], str | None]) -> tuple[str, ...]:
+    """Mount prefixes that request headers name (each value may list several, comma-joined)."""
+    found: list[str] = []
+    for name in PREFIX_HEADERS:
+        value = header(name)
+        if value:
+            found.extend(part.strip() for part in value.split(",")[:_MAX_PREFIXES])
+    return tuple(found)
 
 
 # The answers that need no allocation (the usual ones).
@@ -202,7 +246,7 @@ def decide(
             ``InvalidTaskHeaders``; ``None`` when none describes a task), called only when
             the request is trusted, so a spoofed request costs no parsing. See
             :func:`~taskhandler.headers.parse_task_headers`.
-        header: looks up any other request header by lower-case name.
+        header: looks up any other request header by lower-case, dash-spelled name.
         locate: gives the request's :class:`Location` (only called when access rules exist).
     """
     settings = state.settings
@@ -211,7 +255,7 @@ def decide(
         trusted_by = settings.trust.source(peer, header)
         if trusted_by is None:
             if settings.authenticator is None or not state.is_admin():
-                return _check_rules(state, locate, STRIP) if settings.rules else STRIP
+                return check_rules(state, peer, header, locate, STRIP) if settings.rules else STRIP
             trusted_by = "admin"
         state.trusted_by = trusted_by
         try:
@@ -222,11 +266,21 @@ def decide(
             state.context = TaskContext._from_parsed(fields, trusted_by)
     elif settings.trust.mode == "development":
         state.trusted_by = "development"
-    return _check_rules(state, locate, GO_ON) if settings.rules else GO_ON
+    return check_rules(state, peer, header, locate, GO_ON) if settings.rules else GO_ON
 
 
-def _check_rules(state: RequestState, locate: Callable[[], Location], ok: Decision) -> Decision:
-    """Step 4: the access rules (``login:``, ``secure:``); ``ok`` when they let the request in."""
+def check_rules(
+    state: RequestState,
+    peer: str | None,
+    header: Callable[[str], str | None],
+    locate: Callable[[], Location],
+    ok: Decision = GO_ON,
+) -> Decision:
+    """Step 4: the access rules (``login:``, ``secure:``); ``ok`` when they let the request in.
+
+    Also the whole decision of a ``TaskMiddleware`` nested in another: trust was decided by
+    the outermost, and each layer's own rules and authenticator still apply.
+    """
     settings = state.settings
     where = locate()
     path = where.path
@@ -235,13 +289,14 @@ def _check_rules(state: RequestState, locate: Callable[[], Location], ok: Decisi
     refusal = access.check_path(path) or access.check_access(
         settings.rules,
         path=path,
-        scheme=where.scheme,
+        scheme=settings.trust.scheme(where.scheme, peer, header),
         host=where.host,
         query_string=where.query_string,
         trusted=state.context is not None,
         user=state.user,
         login_url=settings.login_url,
         enforce_secure=settings.trust.mode != "development",
+        also_routed_as=access.routable_paths(path, (*where.prefixes, *header_prefixes(header)))[1:],
     )
     return ok if refusal is None else Decision(refusal, ok.strip)
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -22,7 +23,18 @@ from .exceptions import ConfigError
 if TYPE_CHECKING:
     from .oidc import OIDCVerifier
 
-__all__ = ["Authenticator", "RequestInfo", "TrustPolicy", "TrustedBy", "User"]
+__all__ = [
+    "FORWARDING_HEADERS",
+    "SCHEME_HEADERS",
+    "Authenticator",
+    "RequestInfo",
+    "TrustPolicy",
+    "TrustedBy",
+    "User",
+    "forwarded_addresses",
+    "parse_address",
+    "scheme_from_header",
+]
 
 log = logging.getLogger("taskhandler")
 
@@ -34,6 +46,34 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Bounded cache of peer address -> parsed address; peers repeat a lot behind a proxy.
 _PARSE_CACHE_MAX = 1024
+# A stranger controls forwarding headers: only so much of them is ever read.
+_MAX_HOPS = 64
+_MAX_FORWARDED = 8192
+_FORWARDED_FOR = re.compile(r'(?i)(?:^|[;,\s])for=("[^"]*"|[^;,\s]*)')
+
+# Request headers (lower case, exact dash spelling) that proxies use to tell the client's
+# address, scheme, host or mount prefix. Only this spelling is ever read; every "_" spelling
+# of them is removed from the request by the adapters, like a task header.
+FORWARDING_HEADERS = frozenset(
+    (
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+    )
+)
+SCHEME_HEADERS = (
+    "x-forwarded-proto",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
+    "forwarded",
+    "front-end-https",
+    "x-forwarded-scheme",
+    "x-scheme",
+    "x-url-scheme",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +119,22 @@ class Authenticator(Protocol):
     def __call__(self, request: RequestInfo, /) -> User | None: ...
 
 
-def parse_address(text: str) -> IPAddress | None:
-    """Parse an IP address as seen in a peer or forwarding header, else ``None``.
+def parse_address(text: str, *, hop: bool = False) -> IPAddress | None:
+    """Parse an IP address as a server reports a peer, or as a forwarding header names a hop.
 
-    ``::ffff:a.b.c.d`` becomes ``a.b.c.d`` so that an IPv4 rule matches a dual-stack peer;
-    ``[v6]`` brackets are removed. Nothing else is guessed: a port or a name is not an address.
+    A peer (``REMOTE_ADDR``, ASGI ``client``) must be exactly an address: ``" 0.1.0.2"``,
+    ``"0.1.0.2 "``, ``"[::1]"`` or a zone id (``fe80::1%eth0``) is not, because trust rests on
+    it and a string that only looks like an address did not come from a socket. A hop
+    (``hop=True``) may have spaces around it and ``[v6]`` brackets, as proxies write them.
+    ``::ffff:a.b.c.d`` becomes ``a.b.c.d`` so that an IPv4 rule matches a dual-stack peer.
+    Nothing else is guessed: a port, a name or a zone id is not an address.
     """
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
+    if hop:
+        text = text.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+    if "%" in text:
+        return None
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -95,6 +142,47 @@ def parse_address(text: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def forwarded_addresses(header: Callable[[str], str | None]) -> Iterator[IPAddress]:
+    """Every address that the request's forwarding headers name, in any position.
+
+    ``X-Forwarded-For`` hops, ``X-Real-IP`` and ``Forwarded: for=``. A server that takes the
+    peer address from one of these (uvicorn and gunicorn's ``forwarded-allow-ips``,
+    hypercorn's and granian's proxy modes, werkzeug ``ProxyFix``) leaves the header in the
+    request, so a peer named here may have come from a header rather than the socket.
+    """
+    for name in ("x-forwarded-for", "x-real-ip"):
+        value = header(name)
+        if value:
+            for hop in value.split(",")[:_MAX_HOPS]:
+                address = parse_address(hop, hop=True)
+                if address is not None:
+                    yield address
+    value = header("forwarded")
+    if value:
+        for match in _FORWARDED_FOR.finditer(value[:_MAX_FORWARDED]):
+            address = parse_address(_strip_port(match.group(1).strip('"')), hop=True)
+            if address is not None:
+                yield address
+
+
+def _strip_port(node: str) -> str:
+    """``[v6]:port`` -> ``[v6]``, ``v4:port`` -> ``v4``; a bare v6 stays as it is."""
+    if node.startswith("["):
+        return node[: node.find("]") + 1] if "]" in node else node
+    return node.split(":", 1)[0] if node.count(":") == 1 else node
+
+
+def scheme_from_header(header: Callable[[str], str | None]) -> bool:
+    """True when the request carries a header that some server turns into its URL scheme.
+
+    gunicorn (``X-Forwarded-Proto``, ``X-Forwarded-Protocol``, ``X-Forwarded-Ssl``), uvicorn,
+    hypercorn and werkzeug ``ProxyFix`` (``X-Forwarded-Proto``), ``Forwarded: proto=``, and
+    older conventions (``Front-End-Https``, ``X-Forwarded-Scheme``, ``X-Scheme``,
+    ``X-Url-Scheme``). With one present, an ``https`` scheme may be the client's word.
+    """
+    return any(header(name) is not None for name in SCHEME_HEADERS)
 
 
 class _AddressSet:
@@ -137,12 +225,15 @@ class _AddressSet:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        address = parse_address(text)
-        found = address is not None and any(address in net for net in self._networks)
+        found = self.holds(parse_address(text))
         if len(self._cache) >= _PARSE_CACHE_MAX:
             self._cache.clear()
         self._cache[text] = found
         return found
+
+    def holds(self, address: IPAddress | None) -> bool:
+        """True when the parsed ``address`` is in one of the networks."""
+        return address is not None and any(address in net for net in self._networks)
 
     def __repr__(self) -> str:
         return repr([str(n) for n in self._networks])
@@ -231,26 +322,70 @@ class TrustPolicy:
             return peer
         hops = [hop.strip() for hop in forwarded_for.split(",")]
         for hop in reversed(hops):
-            if hop not in self.trusted_proxies:
+            if not self.trusted_proxies.holds(parse_address(hop, hop=True)):
                 return hop
         # Every hop is a trusted proxy: the request started inside; the leftmost is the client.
         return hops[0] if hops and hops[0] else peer
+
+    def peer_from_header(self, peer: str | None, header: Callable[[str], str | None]) -> bool:
+        """True when the server may have taken ``peer`` from a forwarding header.
+
+        Several servers replace the socket's address with one from ``X-Forwarded-For`` by
+        default when the connection comes from a local proxy (uvicorn, and gunicorn's
+        ``forwarded-allow-ips``), and so do hypercorn's and granian's proxy modes and
+        werkzeug ``ProxyFix``. They all leave the header in the request. A peer that is not
+        one of our ``trusted_proxies`` and is named by a forwarding header is therefore
+        never the queue: a stranger who sends ``X-Forwarded-For: 0.1.0.2`` through a proxy
+        that passes it on stays a stranger, whatever the server did with it.
+        """
+        if peer is None:
+            return False
+        address = parse_address(peer)
+        if address is None or self.trusted_proxies.holds(address):
+            return False
+        return any(address == named for named in forwarded_addresses(header))
+
+    def scheme(self, scheme: str, peer: str | None, header: Callable[[str], str | None]) -> str:
+        """The URL scheme to hold a request to for ``secure: always``.
+
+        Behind one of our ``trusted_proxies``, its ``X-Forwarded-Proto`` (the last value) is
+        believed. Otherwise an ``https`` scheme is believed only when no header that servers
+        turn into a scheme is present (see :func:`scheme_from_header`): gunicorn and uvicorn
+        take ``X-Forwarded-Proto`` from a local proxy by default, so ``https`` may be the
+        client's own word. On App Engine the platform sets the scheme itself.
+        """
+        if self.mode == "app_engine":
+            return scheme
+        if self._proxied and peer is not None and peer in self.trusted_proxies:
+            proto = header("x-forwarded-proto")
+            if proto:
+                last = proto.rsplit(",", 1)[-1].strip().lower()
+                if last in ("http", "https"):
+                    return last
+            return scheme
+        if scheme == "https" and scheme_from_header(header):
+            return "http"
+        return scheme
 
     def source(self, peer: str | None, header: Callable[[str], str | None]) -> TrustedBy | None:
         """How far the request's source alone is trusted, before asking who the user is.
 
         Args:
             peer: the immediate peer address (``REMOTE_ADDR``, ASGI ``client[0]``).
-            header: looks up a request header by lower-case name.
+            header: looks up a request header by its lower-case, dash-spelled name (never an
+                ``_`` spelling).
 
         Returns ``"queue"``, ``"platform"`` or ``"development"``, ``"admin"`` when the
         platform itself says so (App Engine mode), else ``None``.
         """
         mode = self.mode
         if mode == "strict":
+            client = peer
             if self._proxied:
-                peer = self.client_address(peer, header("x-forwarded-for"))
-            if peer in self._exact_sources or peer in self.queue_sources:
+                client = self.client_address(peer, header("x-forwarded-for"))
+            if (
+                client in self._exact_sources or client in self.queue_sources
+            ) and not self.peer_from_header(peer, header):
                 return "queue"
             if self.oidc is not None and self.oidc.verifies(header("authorization")):
                 return "queue"

@@ -38,10 +38,11 @@ from .pipeline import (
     MiddlewareBase,
     RequestState,
     Settings,
+    check_rules,
     decide,
     refusal_body,
 )
-from .trust import RequestInfo
+from .trust import FORWARDING_HEADERS, RequestInfo
 
 __all__ = ["TaskMiddleware", "request_info", "run_task"]
 
@@ -88,7 +89,18 @@ def _header_name(key: str) -> str:
 
 
 # Every task header key in any case, found in "\n" + the joined environ keys in one C pass.
-_TASK_KEY_RE = re.compile(r"\n(HTTP_X_(?:APPENGINE|CLOUDTASKS)_[^\n]*)", re.IGNORECASE)
+# Dashes are accepted too: no PEP 3333 server makes ``HTTP_X-AppEngine-TaskName``, but a
+# gateway might, and such a key must go like any other spelling.
+_TASK_KEY_RE = re.compile(r"\n(HTTP_X[-_](?:APPENGINE|CLOUDTASKS)[-_][^\n]*)", re.IGNORECASE)
+# Forwarding header keys in a spelling other than PEP 3333's (``HTTP_X-Forwarded-For``,
+# ``http_x_forwarded_for``): never read, always removed.
+_FORWARDING_KEYS = frozenset(
+    "HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS
+)
+_FORWARDING_KEY_RE = re.compile(
+    r"\n(HTTP_(?:X[-_]FORWARDED[-_](?:FOR|PROTO|HOST|PREFIX)|FORWARDED|X[-_]REAL[-_]IP))(?=\n)",
+    re.IGNORECASE,
+)
 
 
 class _KeyPlan:
@@ -99,11 +111,14 @@ class _KeyPlan:
         stripped: the same as lower-case dash-spelled names (``taskhandler.stripped``).
     """
 
-    __slots__ = ("_fields", "_planned", "keys", "stripped")
+    __slots__ = ("_fields", "_planned", "keys", "odd", "odd_stripped", "stripped")
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], odd: tuple[str, ...] = ()) -> None:
         self.keys = keys
         self.stripped = tuple(map(_header_name, keys))
+        self.odd = odd
+        """Forwarding header keys in an odd spelling: removed from every request."""
+        self.odd_stripped = tuple(map(_header_name, odd))
         self._planned = False  # how to parse them is worked out on the first trusted request
         self._fields: FieldPlan | None = None
 
@@ -139,10 +154,13 @@ def _plan(environ: WSGIEnvironment) -> _KeyPlan:
     if plan is not None and (not plan.keys or joined.count("\n") == len(environ)):
         return plan
     if joined.count("\n") != len(environ):
-        keys = [key for key in environ if key.upper().startswith(ENVIRON_PREFIXES)]
-        return _KeyPlan(tuple(keys)) if keys else _NO_TASK_HEADERS  # ambiguous: not kept
+        keys = [k for k in environ if k.upper().replace("-", "_").startswith(ENVIRON_PREFIXES)]
+        odd = [k for k in environ if _odd_forwarding(k)]
+        # ambiguous: not kept
+        return _KeyPlan(tuple(keys), tuple(odd)) if keys or odd else _NO_TASK_HEADERS
     keys = _TASK_KEY_RE.findall(joined)
-    plan = _KeyPlan(tuple(keys)) if keys else _NO_TASK_HEADERS
+    odd = [key for key in _FORWARDING_KEY_RE.findall(joined) if key not in _FORWARDING_KEYS]
+    plan = _KeyPlan(tuple(keys), tuple(odd)) if keys or odd else _NO_TASK_HEADERS
     if len(joined) <= _PLAN_KEY_MAX:
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
@@ -150,12 +168,25 @@ def _plan(environ: WSGIEnvironment) -> _KeyPlan:
     return plan
 
 
+def _odd_forwarding(key: str) -> bool:
+    """True for a forwarding header key that is not in PEP 3333's exact spelling."""
+    return key not in _FORWARDING_KEYS and key.upper().replace("-", "_") in _FORWARDING_KEYS
+
+
+def _header(environ: WSGIEnvironment) -> Any:
+    """``lower-case dash-spelled name -> value`` over the environ's PEP 3333 keys."""
+    return lambda name: environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+
 def _locate(environ: WSGIEnvironment) -> Location:
+    script_name = environ.get("SCRIPT_NAME", "")
+    prefix = request_path_wsgi(script_name, "") if script_name else ""
     return Location(
-        request_path_wsgi(environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", "")),
+        request_path_wsgi(script_name, environ.get("PATH_INFO", "")),
         environ.get("wsgi.url_scheme", "http"),
         _host(environ),
         environ.get("QUERY_STRING", ""),
+        (prefix,) if isinstance(prefix, str) and prefix else (),
     )
 
 
@@ -186,13 +217,18 @@ class TaskMiddleware(MiddlewareBase):
     app: WSGIApplication
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if isinstance(environ.get(STATE_KEY), RequestState):
-            # An outer TaskMiddleware already decided (e.g. the development server around an
-            # app that brings its own): one decision per request, the outermost one.
-            return self.app(environ, start_response)
         settings = self.settings
+        outer = environ.get(STATE_KEY)
+        if isinstance(outer, RequestState):
+            return self._nested(outer, environ, start_response)
         state = environ[STATE_KEY] = RequestState(settings, request_info, environ)
         plan = _plan(environ)
+        if plan.odd:
+            # "_" spellings of forwarding headers are never read, whoever sent them.
+            for key in plan.odd:
+                del environ[key]
+            environ[STRIPPED_KEY] = list(plan.odd_stripped)
+            state.stripped = plan.odd_stripped
         if not plan.keys and self._plain_fast:
             return self.app(environ, start_response)  # the common case: nothing to decide
 
@@ -205,20 +241,46 @@ class TaskMiddleware(MiddlewareBase):
             state,
             peer=environ.get("REMOTE_ADDR"),
             task_fields=(lambda: plan.task_fields(environ)) if plan.keys else None,
-            header=lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
+            header=_header(environ),
             locate=lambda: _locate(environ),
         )
         if strip:
             for key in plan.keys:
                 del environ[key]
-            environ[STRIPPED_KEY] = list(plan.stripped)
-            state.stripped = plan.stripped
+            environ[STRIPPED_KEY] = [*plan.odd_stripped, *plan.stripped]
+            state.stripped = (*plan.odd_stripped, *plan.stripped)
         if refusal is not None:
             headers, body = refusal_body(refusal)
             return _respond(start_response, refusal.status, headers, body)
         if state.context is None:
             return self.app(environ, start_response)
         return run_task(self.app, environ, start_response, state.context, settings)
+
+    def _nested(
+        self, outer: RequestState, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Inside another ``TaskMiddleware``: its trust decision stands, these rules apply too.
+
+        One decision per request about trust and stripping, the outermost one (e.g. the
+        development server around an app that brings its own middleware); but this layer's
+        access rules, authenticator and sign-in pages still guard what is behind it.
+        """
+        settings = self.settings
+        if not settings.rules and not settings.serves_pages:
+            return self.app(environ, start_response)
+        state = outer.inner(settings)
+        if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
+            page = self._auth_page(environ, state)
+            if page is not None:
+                return page(start_response)  # type: ignore[no-any-return]
+        if settings.rules:
+            refusal, _ = check_rules(
+                state, environ.get("REMOTE_ADDR"), _header(environ), lambda: _locate(environ)
+            )
+            if refusal is not None:
+                headers, body = refusal_body(refusal)
+                return _respond(start_response, refusal.status, headers, body)
+        return self.app(environ, start_response)
 
     def _auth_page(self, environ: WSGIEnvironment, state: RequestState) -> Any:
         serve = getattr(self.settings.authenticator, "serve", None)

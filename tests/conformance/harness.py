@@ -176,6 +176,15 @@ class WSGIAdapter:
         status, headers, body = self.call(app, req)
         return Result(status, headers, body, seen[0] if seen else None)
 
+    def run_nested(self, req: Request, outer: dict[str, Any], inner: dict[str, Any]) -> Result:
+        """``TaskMiddleware(TaskMiddleware(app, **inner), **outer)``."""
+        seen: list[Seen] = []
+        app = wsgi.TaskMiddleware(
+            wsgi.TaskMiddleware(self.app(Behaviour(), seen), **inner), **outer
+        )
+        status, headers, body = self.call(app, req)
+        return Result(status, headers, body, seen[0] if seen else None)
+
     def handler(self, func: Callable[..., Any], **options: Any) -> TaskHandler[Any]:
         """``@task_handler(**options)`` on the plain-function spelling of ``func``."""
         return task_handler(**options)(func)
@@ -258,6 +267,15 @@ class ASGIAdapter:
     def run(self, req: Request, behaviour: Behaviour | None = None, **options: Any) -> Result:
         seen: list[Seen] = []
         app = asgi.TaskMiddleware(self.app(behaviour or Behaviour(), seen), **options)
+        status, headers, body = self.call(app, req)
+        return Result(status, headers, body, seen[0] if seen else None)
+
+    def run_nested(self, req: Request, outer: dict[str, Any], inner: dict[str, Any]) -> Result:
+        """``TaskMiddleware(TaskMiddleware(app, **inner), **outer)``."""
+        seen: list[Seen] = []
+        app = asgi.TaskMiddleware(
+            asgi.TaskMiddleware(self.app(Behaviour(), seen), **inner), **outer
+        )
         status, headers, body = self.call(app, req)
         return Result(status, headers, body, seen[0] if seen else None)
 

@@ -203,7 +203,9 @@ def test_spoofing_table(
     assert result.seen is not None
     assert result.seen.task is None
     assert result.seen.task_headers() == {}
-    assert result.seen.stripped == ["x-appengine-queuename", "x-appengine-taskname"]
+    assert result.seen.stripped is not None
+    stripped = [name for name in result.seen.stripped if "appengine" in name]
+    assert stripped == ["x-appengine-queuename", "x-appengine-taskname"]
 
 
 @pytest.mark.parametrize(
