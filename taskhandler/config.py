@@ -14,28 +14,53 @@ Pure: standard library, pydantic and PyYAML only.
 
 from __future__ import annotations
 
+import difflib
+import enum
+import functools
+import math
 import re
+import reprlib
 import unicodedata
-from collections.abc import Iterator
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 from xml.parsers import expat
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from .deadline import AUTOMATIC_SCALING_DEADLINE, BASIC_SCALING_DEADLINE
 from .exceptions import ConfigError
 
 __all__ = [
+    "APP_YAML_SCHEMA",
+    "CRON_YAML_SCHEMA",
+    "DISPATCH_YAML_SCHEMA",
+    "INDEX_YAML_SCHEMA",
     "AccessRule",
     "AppConfig",
     "AuthFailAction",
+    "CronJob",
+    "CronRetryParameters",
+    "FreeMap",
+    "Leaf",
+    "ListOf",
     "Login",
+    "Section",
     "Secure",
+    "YamlNode",
+    "check_keys",
     "load_app_yaml",
+    "load_cron_yaml",
     "load_web_xml",
+    "load_yaml",
+    "load_yaml_keys",
+    "parse_yaml",
+    "read_config_bytes",
+    "regex_problem",
+    "shown",
     "static_dir_regex",
     "url_pattern_regex",
 ]
@@ -48,15 +73,23 @@ _LOGIN_VALUES: tuple[str, ...] = get_args(Login)
 _FAIL_VALUES: tuple[str, ...] = get_args(AuthFailAction)
 _SECURE_VALUES: tuple[str, ...] = get_args(Secure)
 
-# The scaling section decides how long a task request may run (SPEC §5).
-_SCALING_DEADLINES = {
-    "automatic_scaling": AUTOMATIC_SCALING_DEADLINE,
-    "basic_scaling": BASIC_SCALING_DEADLINE,
-    "manual_scaling": BASIC_SCALING_DEADLINE,
-}
 
-# Files are read whole; a config file larger than this is a mistake, not a config.
-_MAX_FILE_BYTES = 4 * 1024 * 1024
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be a rule's url regex, or ``None`` when it compiles.
+
+    Besides ``re.error``, the compiler raises ``OverflowError`` for a repeat count such as
+    ``a{4294967295}`` and ``RecursionError`` for groups nested hundreds deep; all three are
+    answers about the pattern, never a crash of the loader.
+    """
+    try:
+        re.compile(pattern, re.DOTALL)
+    except re.error as exc:
+        return str(exc)
+    except OverflowError:
+        return "a repeat count is too large"
+    except RecursionError:
+        return "groups are nested too deeply"
+    return None
 
 
 class AccessRule(BaseModel):
@@ -89,10 +122,9 @@ class AccessRule(BaseModel):
     @field_validator("url")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value, re.DOTALL)
-        except re.error as exc:
-            raise ValueError(f"bad url regex {value!r}: {exc}") from None
+        problem = regex_problem(value)
+        if problem is not None:
+            raise ValueError(f"bad url regex {shown(value)}: {problem}")
         return value
 
     @property
@@ -150,44 +182,558 @@ class AppConfig(BaseModel):
     source: str | None = None
 
 
-# --------------------------------------------------------------------------- app.yaml
+# --------------------------------------------------------------------------- safe YAML
+
+# Files are read whole; a config file larger than this is a mistake, not a config. (The largest
+# real app.yaml files, with App Engine's 100 handlers, are a few tens of KiB.)
+MAX_CONFIG_BYTES = 1024 * 1024
+# Mappings and lists nest a few levels in every App Engine file; far deeper is an attack.
+MAX_YAML_DEPTH = 32
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = 60
+_SHOWN.maxother = 60
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
 
 
-class _Mapping(dict[Any, Any]):
-    """A YAML mapping that remembers the line of the mapping and of each key's value."""
+def shown(value: object) -> str:
+    """A ``repr`` of ``value`` cut to a few dozen characters, for error messages.
 
-    line: int | None = None
-    value_lines: dict[Any, int]
+    A config value can be a megabyte long; a message must stay one readable line.
 
+    Example::
 
-class _LineLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` whose mappings carry line numbers (1-based) for error messages."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[_Mapping]:
-    data = _Mapping()
-    data.line = node.start_mark.line + 1
-    data.value_lines = {}
-    yield data
-    data.update(loader.construct_mapping(node))
-    # construct_mapping flattened merge keys (<<) into node.value, so this sees them too.
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            data.value_lines[key_node.value] = value_node.start_mark.line + 1
+        >>> shown("x" * 1000)
+        "'xxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx'"
+    """
+    return _SHOWN.repr(value)
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+def read_config_bytes(path: str | Path) -> bytes:
+    """The bytes of a config file, refusing one larger than :data:`MAX_CONFIG_BYTES`.
 
-
-def _read(path: str | Path) -> bytes:
+    Raises:
+        ConfigError: the file cannot be read or is too large.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read(_MAX_FILE_BYTES + 1)
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
-    if len(data) > _MAX_FILE_BYTES:
-        raise ConfigError(f"file is larger than {_MAX_FILE_BYTES} bytes", path=str(path))
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"cannot read the file: {exc}", path=str(path)) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"file is larger than {MAX_CONFIG_BYTES} bytes", path=str(path))
     return data
+
+
+@dataclass(eq=False, slots=True)
+class YamlNode:
+    """One value of a YAML document, with the 1-based line it starts on.
+
+    ``kind`` is ``"scalar"`` (``value`` holds the constructed str, int, float, bool, date or
+    ``None``), ``"list"`` (``items``) or ``"map"`` (``pairs`` of key text, key line, value).
+    Keys are always text, as App Engine's parser reads them: ``1: x`` has the key ``"1"``.
+    """
+
+    kind: Literal["scalar", "list", "map"]
+    line: int
+    value: object = None
+    items: list[YamlNode] = field(default_factory=list)
+    pairs: list[tuple[str, int, YamlNode]] = field(default_factory=list)
+
+    @property
+    def is_null(self) -> bool:
+        """Whether this is an empty value (``key:`` with nothing after it, ``~``, ``null``)."""
+        return self.kind == "scalar" and self.value is None
+
+    def get(self, key: str) -> YamlNode | None:
+        """The value node of ``key`` in a mapping (keys are unique), else ``None``."""
+        for name, _line, node in self.pairs:
+            if name == key:
+                return node
+        return None
+
+    def key_line(self, key: str) -> int:
+        """The line ``key`` is written on in a mapping, else the mapping's own line."""
+        for name, line, _node in self.pairs:
+            if name == key:
+                return line
+        return self.line
+
+
+_YAML_TAG = "tag:yaml.org,2002:"
+_STR_TAG, _NULL_TAG, _BOOL_TAG = f"{_YAML_TAG}str", f"{_YAML_TAG}null", f"{_YAML_TAG}bool"
+_INT_TAG, _FLOAT_TAG = f"{_YAML_TAG}int", f"{_YAML_TAG}float"
+_TIMESTAMP_TAG = f"{_YAML_TAG}timestamp"
+_SCALAR_TAGS = frozenset({_STR_TAG, _NULL_TAG, _BOOL_TAG, _INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG})
+# A number this long is junk; the limit also keeps int() and sexagesimal 1:2:3 cheap.
+_MAX_NUMBER_CHARS = 64
+
+
+class _Frame:
+    """An open mapping or list while the event stream is read; a mapping may await a value."""
+
+    __slots__ = ("key", "node", "seen")
+
+    def __init__(self, node: YamlNode) -> None:
+        self.node = node
+        self.key: tuple[str, int] | None = None
+        self.seen: dict[str, int] = {}
+
+
+def _tag_text(tag: str) -> str:
+    return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+
+
+def parse_yaml(data: bytes, path: str) -> YamlNode | None:
+    """Parse one YAML document the way App Engine's own parser reads its config files.
+
+    Built from PyYAML's event stream with an explicit stack, so nesting depth costs no
+    recursion and is capped at :data:`MAX_YAML_DEPTH`. As in App Engine's ``yaml_builder``:
+    anchors and aliases are refused (which also rules out "billion laughs" alias bombs), keys
+    are read as plain text, a second document is refused. Beyond it: a duplicate key anywhere
+    and a merge key (``<<``, which App Engine reads as an ordinary unknown key, not a merge) are
+    refused with their line; only the plain scalar tags (str, int, float, bool, null,
+    timestamp) are accepted, and a value that does not fit its tag is an error, not an
+    exception from the constructor.
+
+    Returns:
+        the root node, or ``None`` for an empty file.
+
+    Raises:
+        ConfigError: every problem, with the file and line.
+    """
+
+    def fail(message: str, line: int | None, value: object = None) -> ConfigError:
+        return ConfigError(message, path=path, line=line, value=value)
+
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(data)
+        return _build(loader, fail)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise fail(f"invalid YAML: {problem}", None if mark is None else mark.line + 1) from None
+    except yaml.YAMLError as exc:
+        # A reader error (invalid UTF-8, a NUL or other unprintable character).
+        raise fail(f"invalid YAML: {exc}", _reader_line(data, exc)) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _reader_line(data: bytes, exc: yaml.YAMLError) -> int | None:
+    position = getattr(exc, "position", None)
+    if not isinstance(position, int):
+        return None
+    # The position counts characters when decoding worked and bytes when it did not; a
+    # line count over the bytes is right for ASCII lines and close otherwise.
+    return data.count(b"\n", 0, position) + 1
+
+
+_Fail = Callable[[str, "int | None", object], ConfigError]
+
+
+def _build(loader: yaml.SafeLoader, fail: _Fail) -> YamlNode | None:
+    root: YamlNode | None = None
+    documents = 0
+    frames: list[_Frame] = []
+    while loader.check_event():
+        event = loader.get_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+            continue
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise fail(
+                    "a second YAML document (---) is not allowed: one file, one document",
+                    line,
+                    None,
+                )
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            frames.pop()
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            raise fail(
+                f"YAML alias *{event.anchor} is not supported (App Engine refuses anchors and "
+                "aliases); write the value out",
+                line,
+                event.anchor,
+            )
+        assert isinstance(event, yaml.NodeEvent)  # the remaining event kinds
+        if event.anchor is not None:
+            raise fail(
+                f"YAML anchor &{event.anchor} is not supported (App Engine refuses anchors and "
+                "aliases); write the value out",
+                line,
+                event.anchor,
+            )
+        top = frames[-1] if frames else None
+        if top is not None and top.node.kind == "map" and top.key is None:
+            _read_key(event, top, line, fail)
+            continue
+        node = _open_node(loader, event, line, fail)
+        if top is None:
+            root = node
+        elif top.node.kind == "list":
+            top.node.items.append(node)
+        else:
+            key, key_line = top.key  # type: ignore[misc]  # set by _read_key
+            top.node.pairs.append((key, key_line, node))
+            top.key = None
+        if node.kind != "scalar":
+            if len(frames) >= MAX_YAML_DEPTH:
+                raise fail(f"nested more than {MAX_YAML_DEPTH} levels deep", line, None)
+            frames.append(_Frame(node))
+    return root
+
+
+def _read_key(event: yaml.Event, top: _Frame, line: int, fail: _Fail) -> None:
+    if not isinstance(event, yaml.ScalarEvent):
+        raise fail("a key must be plain text, not a list or a mapping", line, None)
+    key = event.value
+    if event.tag not in (None, "!"):
+        raise fail(f"a key cannot carry a YAML tag ({_tag_text(event.tag)})", line, key)
+    if key == "<<" and event.style is None:
+        raise fail(
+            "YAML merge keys (<<) are not supported: App Engine reads '<<' as an ordinary key "
+            "and refuses it; write the settings out",
+            line,
+            key,
+        )
+    first = top.seen.get(key)
+    if first is not None:
+        raise fail(f"duplicate key {shown(key)} (first on line {first})", line, key)
+    top.seen[key] = line
+    top.key = (key, line)
+
+
+def _open_node(loader: yaml.SafeLoader, event: yaml.Event, line: int, fail: _Fail) -> YamlNode:
+    if isinstance(event, yaml.ScalarEvent):
+        return YamlNode("scalar", line, _scalar(loader, event, line, fail))
+    if isinstance(event, yaml.MappingStartEvent):
+        kind: Literal["list", "map"] = "map"
+        allowed = (None, "!", f"{_YAML_TAG}map")
+    else:
+        kind = "list"
+        allowed = (None, "!", f"{_YAML_TAG}seq")
+    tag = getattr(event, "tag", None)
+    if tag not in allowed:
+        raise fail(f"YAML tag {shown(_tag_text(tag))} is not supported", line, tag)
+    return YamlNode(kind, line)
+
+
+def _scalar(loader: yaml.SafeLoader, event: yaml.ScalarEvent, line: int, fail: _Fail) -> object:
+    text = event.value
+    tag = event.tag
+    if tag is None:
+        tag = loader.resolve(yaml.ScalarNode, text, event.implicit)  # type: ignore[no-untyped-call]
+    elif tag == "!":
+        tag = _STR_TAG
+    if tag not in _SCALAR_TAGS:
+        raise fail(f"YAML tag {shown(_tag_text(tag))} is not supported", line, tag)
+    if tag == _STR_TAG:
+        return text
+    if tag == _NULL_TAG:
+        return None
+    if tag == _BOOL_TAG:
+        flag = yaml.SafeLoader.bool_values.get(text.lower())
+        if flag is None:
+            raise fail(f"{shown(text)} is not a YAML boolean", line, text)
+        return flag
+    if tag in (_INT_TAG, _FLOAT_TAG) and len(text) > _MAX_NUMBER_CHARS:
+        raise fail(f"number longer than {_MAX_NUMBER_CHARS} characters", line, text)
+    node = yaml.ScalarNode(tag, text)
+    try:
+        if tag == _INT_TAG:
+            return loader.construct_yaml_int(node)
+        if tag == _FLOAT_TAG:
+            return loader.construct_yaml_float(node)
+        return loader.construct_yaml_timestamp(node)
+    except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError):
+        raise fail(f"{shown(text)} is not a valid {_tag_text(tag)}", line, text) from None
+
+
+def load_yaml(path: str | Path) -> YamlNode | None:
+    """Read and parse a YAML config file safely (see :func:`parse_yaml`)."""
+    return parse_yaml(read_config_bytes(path), str(path))
+
+
+# --------------------------------------------------------------------------- key tables
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping whose keys App Engine knows one by one (``automatic_scaling``, a handler)."""
+
+    keys: Mapping[str, Shape]
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose items all have one shape (``handlers``, ``inbound_services``)."""
+
+    item: Shape
+
+
+@dataclass(frozen=True)
+class FreeMap:
+    """A mapping of the user's own names (``env_variables``, ``http_headers``) to plain values.
+
+    ``key_pattern`` is the regex every key must match whole; values are a scalar or a list of
+    scalars.
+    """
+
+    key_pattern: str
+
+
+class Leaf(enum.Enum):
+    """The shapes that are not containers of known keys."""
+
+    SCALAR = "a single value"
+    SCALARS = "a value or a list of values"
+    ONE_KEY = "a mapping with one key"
+
+
+Shape = Section | ListOf | FreeMap | Leaf
+SCALAR = Leaf.SCALAR
+
+_NAME_KEY = "[a-zA-Z_][a-zA-Z0-9_]*"  # App Engine's key pattern for env_variables and the like
+_HTTP_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # noqa: S105 - RFC 7230 token: a header name
+
+
+def _section(keys: str = "", **nested: Shape) -> Section:
+    """A Section of the space-separated single-value ``keys`` and the ``nested`` sections."""
+    table: dict[str, Shape] = dict.fromkeys(keys.split(), SCALAR)
+    table.update(nested)
+    return Section(table)
+
+
+_HEALTH_CHECK = _section(
+    "enable_health_check check_interval_sec timeout_sec unhealthy_threshold healthy_threshold "
+    "restart_threshold host"
+)
+
+HANDLER_SCHEMA = _section(
+    "url static_files upload application_readable static_dir mime_type script login "
+    "auth_fail_action secure position expiration require_matching_file "
+    "redirect_http_response_code api_endpoint",
+    http_headers=FreeMap(_HTTP_TOKEN),
+)
+
+# App Engine's app.yaml keys (google.appengine.api.appinfo.AppInfoExternal.ATTRIBUTES and the
+# classes it names); tests/test_config.py compares this table with appinfo's so it cannot drift.
+APP_YAML_SCHEMA = _section(
+    "application project module service version runtime runtime_channel api_version main "
+    "entrypoint env instance_class source_language service_account threadsafe vm "
+    "app_engine_apis standard_websocket code_lock auto_id_policy default_expiration",
+    automatic_scaling=_section(
+        "min_pending_latency max_pending_latency min_idle_instances max_idle_instances "
+        "max_concurrent_requests min_num_instances max_num_instances cool_down_period_sec "
+        "target_request_count_per_sec target_concurrent_requests "
+        "target_disk_write_bytes_per_sec target_disk_write_ops_per_sec "
+        "target_disk_read_bytes_per_sec target_disk_read_ops_per_sec "
+        "target_network_sent_bytes_per_sec target_network_sent_packets_per_sec "
+        "target_network_received_bytes_per_sec target_network_received_packets_per_sec "
+        "target_cpu_utilization target_throughput_utilization min_instances max_instances",
+        cpu_utilization=_section("target_utilization aggregation_window_length_sec"),
+        custom_metrics=ListOf(
+            _section("metric_name target_type target_utilization single_instance_assignment filter")
+        ),
+    ),
+    basic_scaling=_section("max_instances idle_timeout"),
+    manual_scaling=_section("instances"),
+    vm_settings=FreeMap(_NAME_KEY),
+    beta_settings=FreeMap(_NAME_KEY),
+    vm_health_check=_HEALTH_CHECK,
+    health_check=_HEALTH_CHECK,
+    resources=_section(
+        "cpu memory_gb disk_size_gb", volumes=ListOf(_section("name volume_type size_gb"))
+    ),
+    liveness_check=_section(
+        "check_interval_sec timeout_sec failure_threshold success_threshold "
+        "initial_delay_sec path host"
+    ),
+    readiness_check=_section(
+        "check_interval_sec timeout_sec failure_threshold success_threshold "
+        "app_start_timeout_sec path host"
+    ),
+    network=_section(
+        "instance_tag name subnetwork_name session_affinity", forwarded_ports=ListOf(SCALAR)
+    ),
+    zones=ListOf(SCALAR),
+    endpoints_api_service=_section("name rollout_strategy config_id trace_sampling"),
+    builtins=ListOf(Leaf.ONE_KEY),
+    includes=ListOf(SCALAR),
+    handlers=ListOf(HANDLER_SCHEMA),
+    libraries=ListOf(_section("name version")),
+    skip_files=Leaf.SCALARS,
+    nobuild_files=Leaf.SCALARS,
+    derived_file_type=ListOf(SCALAR),
+    admin_console=_section(pages=ListOf(_section("name url"))),
+    error_handlers=ListOf(_section("file error_code mime_type")),
+    backends=ListOf(
+        _section(
+            "name class instances start options public dynamic failfast "
+            "max_concurrent_requests state"
+        )
+    ),
+    api_config=_section("url script login auth_fail_action secure"),
+    env_variables=FreeMap(_NAME_KEY),
+    build_env_variables=FreeMap(_NAME_KEY),
+    inbound_services=ListOf(SCALAR),
+    runtime_config=FreeMap(_NAME_KEY),
+    vpc_access_connector=_section("name egress_setting"),
+)
+
+# cron.yaml (google.appengine.api.croninfo), dispatch.yaml (dispatchinfo) and index.yaml
+# (google.appengine.datastore.datastore_index), compared with App Engine's in the tests too.
+CRON_YAML_SCHEMA = _section(
+    "application",
+    cron=ListOf(
+        _section(
+            "url schedule timezone description target attempt_deadline",
+            retry_parameters=_section(
+                "job_retry_limit job_age_limit min_backoff_seconds max_backoff_seconds "
+                "max_doublings"
+            ),
+        )
+    ),
+)
+DISPATCH_YAML_SCHEMA = _section("application", dispatch=ListOf(_section("url service module")))
+INDEX_YAML_SCHEMA = _section(
+    "application",
+    indexes=ListOf(_section("kind ancestor", properties=ListOf(_section("name direction mode")))),
+)
+
+_KIND_NAMES = {"scalar": "a single value", "list": "a list", "map": "a mapping"}
+
+
+def check_keys(node: YamlNode, shape: Shape, path: str, where: str = "") -> None:
+    """Check that ``node`` has ``shape``: no unknown key, containers where containers belong.
+
+    An empty value (``key:``) is accepted anywhere, as App Engine treats it as not set.
+
+    Args:
+        node: the parsed value.
+        shape: what App Engine expects there.
+        path: the file, for messages.
+        where: the dotted place of ``node`` (``handlers[2]``), ``""`` for the top.
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong kind, naming file, line and key.
+    """
+    if node.is_null:
+        return
+    label = where or "the top level"
+    if isinstance(shape, Section):
+        _expect(node, "map", label, path)
+        for key, line, value in node.pairs:
+            inner = shape.keys.get(key)
+            if inner is None:
+                raise ConfigError(
+                    f"unknown key {shown(key)} in {label}{_did_you_mean(key, shape.keys)}",
+                    path=path,
+                    line=line,
+                    value=key,
+                )
+            check_keys(value, inner, path, f"{where}.{key}" if where else key)
+    elif isinstance(shape, ListOf):
+        _expect(node, "list", label, path)
+        for index, item in enumerate(node.items, 1):
+            check_keys(item, shape.item, path, f"{label}[{index}]")
+    elif isinstance(shape, FreeMap):
+        _expect(node, "map", label, path)
+        for key, line, value in node.pairs:
+            if re.fullmatch(shape.key_pattern, key) is None:
+                raise ConfigError(
+                    f"{label}: {shown(key)} is not a valid name here "
+                    f"(expected {shape.key_pattern})",
+                    path=path,
+                    line=line,
+                    value=key,
+                )
+            check_keys(value, Leaf.SCALARS, path, f"{label}.{key}")
+    elif shape is Leaf.SCALAR:
+        _expect(node, "scalar", label, path)
+    elif shape is Leaf.SCALARS:
+        if node.kind == "list":
+            for index, item in enumerate(node.items, 1):
+                check_keys(item, SCALAR, path, f"{label}[{index}]")
+        else:
+            _expect(node, "scalar", label, path)
+    else:  # Leaf.ONE_KEY
+        _expect(node, "map", label, path)
+        if len(node.pairs) != 1:
+            raise ConfigError(
+                f"{label}: expected exactly one key, found {len(node.pairs)}",
+                path=path,
+                line=node.line,
+            )
+        check_keys(node.pairs[0][2], SCALAR, path, f"{label}.{node.pairs[0][0]}")
+
+
+def _expect(node: YamlNode, kind: str, label: str, path: str) -> None:
+    if node.kind != kind:
+        raise ConfigError(
+            f"{label}: expected {_KIND_NAMES[kind]}, found {_KIND_NAMES[node.kind]}",
+            path=path,
+            line=node.line,
+        )
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key[:100], list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- app.yaml
+
+# App Engine's handler types, in the order appinfo.URLMap.GetHandlerType tries them
+# (api_endpoint wins over the others), and the keys each type allows besides the common ones.
+HANDLER_TYPES: dict[str, frozenset[str]] = {
+    "static_files": frozenset(
+        {
+            "mime_type",
+            "upload",
+            "expiration",
+            "require_matching_file",
+            "http_headers",
+            "application_readable",
+        }
+    ),
+    "static_dir": frozenset(
+        {"mime_type", "expiration", "require_matching_file", "http_headers", "application_readable"}
+    ),
+    "script": frozenset({"position"}),
+    "api_endpoint": frozenset({"position", "script"}),
+}
+HANDLER_COMMON_KEYS = frozenset(
+    {"url", "login", "auth_fail_action", "secure", "redirect_http_response_code"}
+)
+# appinfo.MAX_URL_MAPS: App Engine refuses more handlers than this.
+MAX_HANDLERS = 100
+# appinfo._URL_REGEX: a handler url starts with / (or is a group, or starts with a dot as in
+# ``.*``); anything else never matches a request path, so it would protect nothing.
+HANDLER_URL_FORM = r"(?!\^)/.*|\..*|(\(.).*(?!\$)."
+# Keys App Engine knows whose meaning taskhandler cannot apply; ignoring them could leave a
+# URL open, so a file that sets them is refused.
+_UNSUPPORTED = {
+    "includes": "the handlers of included files would be missed; copy them into this file",
+    "api_config": "its login and secure rules are not applied; use a handlers entry",
+}
+
+# The scaling section decides how long a task request may run (SPEC §5).
+_SCALING_DEADLINES = {
+    "automatic_scaling": AUTOMATIC_SCALING_DEADLINE,
+    "basic_scaling": BASIC_SCALING_DEADLINE,
+    "manual_scaling": BASIC_SCALING_DEADLINE,
+}
 
 
 def static_dir_regex(prefix: str) -> str:
@@ -207,63 +753,109 @@ def static_dir_regex(prefix: str) -> str:
     return f"(?:{prefix})/.*"
 
 
-def _check_choice(
-    entry: _Mapping, key: str, allowed: tuple[str, ...], path: str, default: str
+def _handler_choice(
+    entry: YamlNode, key: str, allowed: tuple[str, ...], default: str, where: str, path: str
 ) -> str:
-    value = entry.get(key, default)
+    node = entry.get(key)
+    if node is None:
+        return default
+    value = node.value
     if not isinstance(value, str) or value not in allowed:
+        given = "no value" if node.is_null else shown(value)
         raise ConfigError(
-            f"handlers: {key}: {value!r} is not one of {', '.join(allowed)}",
+            f"{where}.{key}: {given} is not one of {', '.join(allowed)}",
             path=path,
-            line=entry.value_lines.get(key, entry.line),
+            line=node.line,
             value=value,
         )
     return value
 
 
-def _rule_from_handler(entry: object, index: int, path: str, parent_line: int | None) -> AccessRule:
-    if not isinstance(entry, _Mapping):
+def _handler_type(entry: YamlNode, where: str, path: str) -> str:
+    """App Engine's handler type of ``entry``, refusing keys that type does not allow."""
+    given = {key for key, _line, node in entry.pairs if not node.is_null}
+    if "api_endpoint" in given:
+        kind = "api_endpoint"
+    else:
+        found = next((k for k in ("static_files", "static_dir", "script") if k in given), None)
+        if found is None:
+            raise ConfigError(
+                f"{where} has no script, static_files, static_dir or api_endpoint",
+                path=path,
+                line=entry.line,
+            )
+        kind = found
+    extra = sorted(given - HANDLER_COMMON_KEYS - HANDLER_TYPES[kind] - {kind})
+    if extra:
         raise ConfigError(
-            f"handlers: entry {index + 1} is not a mapping",
+            f"{where}.{extra[0]} is not allowed in a {kind} handler",
             path=path,
-            line=parent_line,
-            value=entry,
+            line=entry.key_line(extra[0]),
+            value=extra[0],
         )
-    url = entry.get("url")
+    if kind == "static_files" and "upload" not in given:
+        raise ConfigError(f"{where} has static_files but no upload", path=path, line=entry.line)
+    return kind
+
+
+def _rule_from_handler(entry: YamlNode, index: int, path: str) -> AccessRule:
+    where = f"handlers[{index}]"
+    if entry.kind != "map":
+        raise ConfigError(f"{where}: expected a mapping", path=path, line=entry.line)
+    url_node = entry.get("url")
+    url = None if url_node is None else url_node.value
     if not isinstance(url, str) or not url:
         raise ConfigError(
-            f"handlers: entry {index + 1} has no url", path=path, line=entry.line, value=url
+            f"{where} has no url",
+            path=path,
+            line=entry.line if url_node is None else url_node.line,
+            value=url,
         )
-    url_line = entry.value_lines.get("url", entry.line)
-    regex = static_dir_regex(url) if "static_dir" in entry else url
-    login = _check_choice(entry, "login", _LOGIN_VALUES, path, "optional")
-    fail = _check_choice(entry, "auth_fail_action", _FAIL_VALUES, path, "redirect")
-    secure = _check_choice(entry, "secure", _SECURE_VALUES, path, "optional")
-    try:
-        return AccessRule(
-            url=regex,
-            login=login,
-            auth_fail_action=fail,
-            secure=secure,
+    url_line = url_node.line  # type: ignore[union-attr]  # url is a str, so the node exists
+    login = _handler_choice(entry, "login", _LOGIN_VALUES, "optional", where, path)
+    fail = _handler_choice(entry, "auth_fail_action", _FAIL_VALUES, "redirect", where, path)
+    secure = _handler_choice(entry, "secure", _SECURE_VALUES, "optional", where, path)
+    kind = _handler_type(entry, where, path)
+    if re.fullmatch(HANDLER_URL_FORM, url, re.DOTALL) is None:
+        raise ConfigError(
+            f"{where}.url: {shown(url)} must start with / (a request path always does)",
+            path=path,
+            line=url_line,
+            value=url,
         )
-    except ValidationError as exc:
-        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"handlers: {problem}", path=path, line=url_line, value=url) from None
+    regex = static_dir_regex(url) if kind == "static_dir" else url
+    problem = regex_problem(regex)
+    if problem is not None:
+        raise ConfigError(
+            f"{where}.url: bad url regex {shown(url)}: {problem}",
+            path=path,
+            line=url_line,
+            value=url,
+        )
+    return AccessRule(url=regex, login=login, auth_fail_action=fail, secure=secure)
 
 
 def load_app_yaml(path: str | Path) -> AppConfig:
-    """Read an app.yaml's access rules, task deadline and entrypoint.
+    """Read an app.yaml's access rules, task deadline and entrypoint, as strictly as App Engine.
+
+    Every key App Engine knows is accepted anywhere it knows it (see :data:`APP_YAML_SCHEMA`);
+    an unknown key, a duplicate key, a YAML anchor, alias, merge key or unusual tag is a
+    :class:`~taskhandler.exceptions.ConfigError`, because a misspelt ``handlers:`` or a second
+    ``login:`` would otherwise silently leave a URL open. ``includes`` and ``api_config`` are
+    refused when set: their access rules would be missed.
 
     ``handlers:`` become :class:`AccessRule` s in file order -- script, static_files and
     static_dir entries alike, since any of them can be the first match for a path. A
     ``static_dir`` url is a prefix (see :func:`static_dir_regex`). The deadline comes from
     the scaling section: ``automatic_scaling`` (or none) 600 s, ``basic_scaling`` or
-    ``manual_scaling`` 86 400 s. Every other key is ignored.
+    ``manual_scaling`` 86 400 s. The other settings are checked for their keys and shape only:
+    the platform reads them.
 
     Raises:
-        ConfigError: unreadable file, invalid YAML, a ``login``/``auth_fail_action``/``secure``
-            value App Engine does not know, a bad regex, or two scaling sections -- with the
-            file and line.
+        ConfigError: unreadable, too large or invalid file, unknown or duplicate keys, a
+            ``login``/``auth_fail_action``/``secure`` value App Engine does not know, a
+            handler without a type, a bad url regex, or two scaling sections -- with the file,
+            the line and the key or value.
 
     Example::
 
@@ -271,60 +863,264 @@ def load_app_yaml(path: str | Path) -> AppConfig:
         TaskMiddleware(app, config=config, authenticator=SignedCookieAuth(key))
     """
     name = str(path)
-    data = _read(path)
-    try:
-        document = yaml.load(data, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = None if mark is None else mark.line + 1
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError(f"invalid YAML: {problem}", path=name, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", path=name) from None
-    if not isinstance(document, _Mapping):
-        raise ConfigError("expected a mapping of app.yaml settings at the top", path=name)
+    document = load_yaml(path)
+    if document is None or document.kind != "map":
+        raise ConfigError(
+            "expected a mapping of app.yaml settings at the top",
+            path=name,
+            line=None if document is None else document.line,
+        )
+    check_keys(document, APP_YAML_SCHEMA, name)
+    for key, reason in _UNSUPPORTED.items():
+        node = document.get(key)
+        if node is not None and not node.is_null and (node.kind != "list" or node.items):
+            raise ConfigError(
+                f"{key} is not supported by taskhandler: {reason}",
+                path=name,
+                line=document.key_line(key),
+                value=key,
+            )
 
-    handlers = document.get("handlers", [])
-    handlers_line = document.value_lines.get("handlers")
-    if handlers is None:
-        handlers = []
-    if not isinstance(handlers, list):
-        raise ConfigError("handlers: expected a list", path=name, line=handlers_line)
-    rules = tuple(
-        _rule_from_handler(entry, i, name, handlers_line) for i, entry in enumerate(handlers)
-    )
+    handlers = document.get("handlers")
+    entries = [] if handlers is None or handlers.is_null else handlers.items
+    if len(entries) > MAX_HANDLERS:
+        raise ConfigError(
+            f"handlers: {len(entries)} entries; App Engine allows at most {MAX_HANDLERS}",
+            path=name,
+            line=document.key_line("handlers"),
+        )
+    rules = tuple(_rule_from_handler(entry, i, name) for i, entry in enumerate(entries, 1))
 
-    scaling = [key for key in _SCALING_DEADLINES if key in document]
+    scaling = [key for key in _SCALING_DEADLINES if document.get(key) is not None]
     if len(scaling) > 1:
         raise ConfigError(
             f"only one scaling section is allowed, found {', '.join(scaling)}",
             path=name,
-            line=document.value_lines.get(scaling[1]),
+            line=document.key_line(scaling[1]),
         )
     deadline = _SCALING_DEADLINES[scaling[0]] if scaling else AUTOMATIC_SCALING_DEADLINE
 
-    entrypoint = document.get("entrypoint")
+    entry_node = document.get("entrypoint")
+    entrypoint = None if entry_node is None else entry_node.value
     if entrypoint is not None and not isinstance(entrypoint, str):
         raise ConfigError(
-            "entrypoint: expected a string",
+            f"entrypoint: expected text, found {shown(entrypoint)}",
             path=name,
-            line=document.value_lines.get("entrypoint"),
+            line=document.key_line("entrypoint"),
             value=entrypoint,
         )
     return AppConfig(rules=rules, task_deadline=deadline, entrypoint=entrypoint, source=name)
 
 
+# --------------------------------------------------------------------------- cron.yaml
+
+# croninfo's patterns: a target is ``version`` or ``service:version`` in its terms.
+_CRON_TARGET = r"(?:(?!-)[a-z\d\-]{1,63}:)?(?!-)[a-z\d\-]{1,100}"
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?)(?P<unit>[smhd])")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class CronRetryParameters(BaseModel):
+    """A cron job's ``retry_parameters``; ``None`` means "not set"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_retry_limit: int | None = None
+    job_age_limit: float | None = None
+    min_backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+    max_doublings: int | None = None
+
+
+class CronJob(BaseModel):
+    """One cron.yaml entry: which URL to request and when.
+
+    Args:
+        url: the path the job requests (starts with ``/``).
+        schedule: App Engine's English-like schedule (``every 5 minutes``); its grammar is
+            not checked here.
+        timezone: the schedule's time zone name, default UTC.
+        description, target: as in cron.yaml.
+        attempt_deadline: seconds an attempt may take (``attempt_deadline: 600s``).
+        retry_parameters: how failed runs are retried.
+        line: the line the entry starts on, for messages.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    schedule: str
+    timezone: str | None = None
+    description: str | None = None
+    target: str | None = None
+    attempt_deadline: float | None = None
+    retry_parameters: CronRetryParameters | None = None
+    line: int | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+class _CronReader:
+    """Reads the values of a cron.yaml whose keys :func:`check_keys` has accepted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, message: str, node: YamlNode, value: object = None) -> ConfigError:
+        return ConfigError(message, path=self.path, line=node.line, value=value)
+
+    def text(self, entry: YamlNode, key: str, where: str, pattern: str, what: str) -> str | None:
+        node = entry.get(key)
+        if node is None or node.is_null:
+            return None
+        value = node.value
+        if not isinstance(value, str) or re.fullmatch(pattern, value) is None:
+            raise self.fail(f"{where}.{key}: {shown(value)} is not {what}", node, value)
+        return value
+
+    def number(self, entry: YamlNode, key: str, where: str, integer: bool) -> int | float | None:
+        node = entry.get(key)
+        if node is None or node.is_null:
+            return None
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            what = "an integer >= 0" if integer else "a number >= 0"
+            raise self.fail(f"{where}.{key}: {shown(node.value)} is not {what}", node, node.value)
+        return value if integer else float(value)
+
+    def job(self, entry: YamlNode, index: int) -> CronJob:
+        where = f"cron[{index}]"
+        if entry.kind != "map":
+            raise self.fail(f"{where}: expected a mapping", entry)
+        url = self.text(entry, "url", where, r"/.*", "a path starting with /")
+        schedule = self.text(entry, "schedule", where, r"[^\n]{1,500}", "a one-line schedule")
+        if url is None or schedule is None:
+            raise self.fail(f"{where} has no {'url' if url is None else 'schedule'}", entry)
+        timezone = self.text(entry, "timezone", where, r"[^\n]{1,100}", "a time zone name")
+        known = _known_timezones()
+        if timezone is not None and known and timezone not in known:
+            raise self.fail(
+                f"{where}.timezone: {shown(timezone)} is not a known time zone",
+                entry.get("timezone") or entry,
+                timezone,
+            )
+        deadline_text = self.text(
+            entry, "attempt_deadline", where, r"\s*[0-9]+(?:\.[0-9]*)?s\s*", "seconds like 600s"
+        )
+        retry = None
+        retry_node = entry.get("retry_parameters")
+        if retry_node is not None and not retry_node.is_null:
+            retry = self.retry(retry_node, f"{where}.retry_parameters")
+        return CronJob(
+            url=url,
+            schedule=schedule,
+            timezone=timezone,
+            description=self.text(
+                entry, "description", where, r"[^\n]{0,499}", "a one-line description"
+            ),
+            target=self.text(entry, "target", where, _CRON_TARGET, "a service or version name"),
+            attempt_deadline=None if deadline_text is None else float(deadline_text.strip()[:-1]),
+            retry_parameters=retry,
+            line=entry.line,
+        )
+
+    def retry(self, node: YamlNode, where: str) -> CronRetryParameters:
+        age = None
+        age_node = node.get("job_age_limit")
+        if age_node is not None and not age_node.is_null:
+            text = age_node.value
+            match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
+            if match is None or float(match["number"]) <= 0:
+                raise self.fail(
+                    f"{where}.job_age_limit: {shown(text)} is not a duration like 2d, 3h, 30m",
+                    age_node,
+                    text,
+                )
+            age = float(match["number"]) * _DURATION_UNITS[match["unit"]]
+        low = self.number(node, "min_backoff_seconds", where, integer=False)
+        high = self.number(node, "max_backoff_seconds", where, integer=False)
+        if low is not None and high is not None and high < low:
+            raise self.fail(
+                f"{where}: max_backoff_seconds is smaller than min_backoff_seconds", node
+            )
+        return CronRetryParameters(
+            job_retry_limit=self.number(node, "job_retry_limit", where, integer=True),
+            job_age_limit=age,
+            min_backoff_seconds=low,
+            max_backoff_seconds=high,
+            max_doublings=self.number(node, "max_doublings", where, integer=True),
+        )
+
+
+def load_cron_yaml(path: str | Path) -> tuple[CronJob, ...]:
+    """Read a cron.yaml into :class:`CronJob` s, in file order.
+
+    Keys are checked as strictly as in :func:`load_app_yaml` (App Engine's ``croninfo``
+    tables); each entry needs ``url`` and ``schedule``. The schedule's grammar is not checked.
+
+    Raises:
+        ConfigError: every problem, with the file, the line and the key or value.
+    """
+    name = str(path)
+    document = load_yaml(path)
+    if document is None or document.kind != "map":
+        raise ConfigError(
+            "expected a mapping with a cron: list at the top",
+            path=name,
+            line=None if document is None else document.line,
+        )
+    check_keys(document, CRON_YAML_SCHEMA, name)
+    jobs = document.get("cron")
+    reader = _CronReader(name)
+    entries = [] if jobs is None or jobs.is_null else jobs.items
+    return tuple(reader.job(entry, i) for i, entry in enumerate(entries, 1))
+
+
+def load_yaml_keys(path: str | Path, schema: Shape, what: str) -> YamlNode:
+    """Parse a YAML config and check its keys against ``schema``; return the document.
+
+    For the App Engine files taskhandler does not otherwise use (dispatch.yaml, index.yaml):
+    ``taskhandler check`` still refuses their unknown and duplicate keys.
+
+    Raises:
+        ConfigError: an unsafe or invalid file, unknown or duplicate keys.
+    """
+    name = str(path)
+    document = load_yaml(path)
+    if document is None or document.kind != "map":
+        raise ConfigError(f"expected a mapping of {what} settings at the top", path=name)
+    check_keys(document, schema, name)
+    return document
+
+
 # --------------------------------------------------------------------------- web.xml
 
 
-@dataclass
+# web.xml nests about five levels and holds hundreds of elements at most; the caps bound the
+# memory a hostile file can take (each element costs a few hundred bytes).
+_MAX_XML_DEPTH = 64
+_MAX_XML_ELEMENTS = 100_000
+
+
+@dataclass(eq=False, slots=True)
 class _Element:
     """A parsed XML element: local name (namespace dropped), text, children, line."""
 
     name: str
     line: int
     children: list[_Element] = field(default_factory=list)
-    text: str = ""
+    chunks: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        # Joined on demand: expat hands text over in many small pieces (one per entity
+        # reference), and adding them up one by one would be quadratic.
+        return "".join(self.chunks)
 
     def find_all(self, name: str) -> list[_Element]:
         return [child for child in self.children if child.name == name]
@@ -361,7 +1157,15 @@ def _parse_xml(data: bytes, path: str) -> _Element:
         refuse("external entities are not allowed")
         return 0  # pragma: no cover - refuse raises
 
+    count = 0
+
     def start(name: str, _attrs: dict[str, str]) -> None:
+        nonlocal count
+        count += 1
+        if count > _MAX_XML_ELEMENTS:
+            refuse(f"more than {_MAX_XML_ELEMENTS} elements")
+        if len(stack) >= _MAX_XML_DEPTH:
+            refuse(f"elements nested more than {_MAX_XML_DEPTH} deep")
         element = _Element(name.rsplit("}", 1)[-1], parser.CurrentLineNumber)
         if stack:
             stack[-1].children.append(element)
@@ -374,7 +1178,7 @@ def _parse_xml(data: bytes, path: str) -> _Element:
 
     def text(chunk: str) -> None:
         if stack:
-            stack[-1].text += chunk
+            stack[-1].chunks.append(chunk)
 
     parser.StartDoctypeDeclHandler = start_doctype
     parser.EntityDeclHandler = entity_decl
@@ -392,6 +1196,14 @@ def _parse_xml(data: bytes, path: str) -> _Element:
     except expat.ExpatError as exc:
         problem = expat.errors.messages.get(exc.code, str(exc))
         raise ConfigError(f"invalid XML: {problem}", path=path, line=exc.lineno) from None
+    except (LookupError, ValueError) as exc:
+        # The encoding declaration names a codec Python does not have (LookupError) or one
+        # expat cannot use (multi-byte codecs: ValueError).
+        raise ConfigError(
+            f"invalid XML: unsupported encoding declaration: {exc}",
+            path=path,
+            line=parser.CurrentLineNumber,
+        ) from None
     if not root:  # pragma: no cover - expat reports "no element found" first
         raise ConfigError("invalid XML: no root element", path=path)
     return root[0]
@@ -473,7 +1285,7 @@ def load_web_xml(path: str | Path) -> AppConfig:
             which App Engine does not offer), or a url-pattern outside the servlet forms.
     """
     name = str(path)
-    root = _parse_xml(_read(path), name)
+    root = _parse_xml(read_config_bytes(path), name)
     if root.name != "web-app":
         raise ConfigError(
             f"expected a <web-app> root element, found <{root.name}>", path=name, line=root.line

@@ -81,21 +81,112 @@ def test_both_files_are_described(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"),
+    ("name", "text", "kind"),
     [
-        pytest.param("app.yaml", "app.yaml", id="app.yaml"),
-        pytest.param("service-a.yaml", "app.yaml", id="any other yaml"),
-        pytest.param("web.xml", "web.xml", id="web.xml"),
-        pytest.param("WEB-INF/Web.XML", "web.xml", id="upper-case xml"),
-        pytest.param("queue.yaml", "queue.yaml", id="queue.yaml"),
-        pytest.param("conf/queue.yml", "queue.yaml", id="queue.yml"),
-        pytest.param("prod-queue.yaml", "queue.yaml", id="prefixed queue file"),
-        pytest.param("queues.yaml", "app.yaml", id="queues is not queue"),
+        pytest.param("app.yaml", "runtime: python312\n", "app.yaml", id="app.yaml"),
+        pytest.param("service-a.yaml", "handlers: []\n", "app.yaml", id="app.yaml by handlers"),
+        pytest.param("web.xml", "<web-app/>", "web.xml", id="web.xml"),
+        pytest.param("Web.XML", "\ufeff<?xml version='1.0'?><web-app/>", "web.xml", id="BOM xml"),
+        pytest.param("security.txt", "<!-- c --><web-app/>", "web.xml", id="xml of any name"),
+        pytest.param("queue.yaml", "queue:\n- name: a\n", "queue.yaml", id="queue.yaml"),
+        pytest.param("q.yaml", "queue:\n- name: a\n", "queue.yaml", id="queue file named q"),
+        pytest.param(
+            "app.yaml", "total_storage_limit: 1M\n", "queue.yaml", id="queue file named app.yaml"
+        ),
+        pytest.param("jobs.yml", "cron:\n- url: /a\n", "cron.yaml", id="cron file"),
+        pytest.param("d.yaml", "dispatch: []\n", "dispatch.yaml", id="dispatch file"),
+        pytest.param("i.yaml", "indexes: []\n", "index.yaml", id="index file"),
+        pytest.param(
+            "queue.yaml", "application: x\nruntime: go\n", "app.yaml", id="app file named queue"
+        ),
     ],
 )
-def test_file_kind(name: str, kind: str) -> None:
-    """The kind of file is told from its name."""
-    assert file_kind(name) == kind
+def test_file_kind(tmp_path: Path, name: str, text: str, kind: str) -> None:
+    """The kind of file is told from its content, whatever its name."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert file_kind(str(path)) == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param("", "it is empty", id="empty file"),
+        pytest.param("application: x\n", "it sets nothing", id="only application"),
+        pytest.param("- a\n", "expected XML (web.xml) or a YAML mapping", id="a list"),
+        pytest.param(
+            "queues:\n- name: a\n",
+            "did you mean 'queue' (queue.yaml) on line 1?",
+            id="misspelt queue key",
+        ),
+        pytest.param(
+            "handler:\n- url: /a\n", "did you mean 'handlers' (app.yaml)", id="misspelt handlers"
+        ),
+        pytest.param("colour: red\n", "no top-level key (['colour'])", id="unknown key"),
+        pytest.param(
+            "queue: []\nhandlers: []\n", "belong to app.yaml and queue.yaml", id="mixed kinds"
+        ),
+        pytest.param("a: [\n", "invalid YAML", id="broken YAML"),
+    ],
+)
+def test_file_kind_unknown(tmp_path: Path, text: str, fragment: str) -> None:
+    """A file whose kind cannot be told is a ConfigError naming it, never checked as app.yaml."""
+    path = tmp_path / "app.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        run_check([str(path)])
+    assert info.value.path == str(path)
+    assert fragment in str(info.value)
+
+
+def test_misspelt_queue_file_is_checked_as_a_queue_file(tmp_path: Path) -> None:
+    """A queue file with a mistake, whatever its name, reports the queue error."""
+    path = tmp_path / "q.yaml"
+    path.write_text("queue:\n- name: a\n  rate: 5/x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        run_check([str(path)])
+    assert (info.value.path, info.value.line) == (str(path), 3)
+    assert "rate '5/x'" in str(info.value)
+
+
+def test_cron_yaml_is_described() -> None:
+    """A cron.yaml is validated and its jobs are listed."""
+    path = str(DATA / "config" / "cron.yaml")
+    text = run_check([path])
+    assert text.startswith(f"{path} (cron.yaml): OK\ncron jobs:")
+    assert _table_rows(text.replace("#  url", "#  pattern")) == [
+        ["1", "/tasks/summary", "every", "24", "hours", "UTC", "worker"],
+        ["2", "/mail/weekly", "every", "monday", "09:00", "Australia/NSW", "-"],
+        [
+            "3",
+            "/tasks/cleanup",
+            "every",
+            "5",
+            "minutes",
+            "from",
+            "10:00",
+            "to",
+            "14:00",
+            "UTC",
+            "-",
+        ],
+    ]
+
+
+@pytest.mark.parametrize("name", ["dispatch.yaml", "index.yaml"])
+def test_unused_files_have_their_keys_checked(tmp_path: Path, name: str) -> None:
+    """dispatch.yaml and index.yaml pass when their keys are App Engine's, fail otherwise."""
+    good = str(DATA / "config" / name)
+    assert (
+        run_check([good])
+        == f"{good} ({name}): OK (keys checked; taskhandler does not use this file)"
+    )
+    bad = tmp_path / name
+    bad.write_text((DATA / "config" / name).read_text().replace("  - name: queue", "  - nmae: q"))
+    bad.write_text(bad.read_text().replace("  service: api", "  servce: api"))
+    with pytest.raises(ConfigError, match=r"unknown key '(nmae|servce)'") as info:
+        run_check([str(bad)])
+    assert info.value.path == str(bad)
 
 
 def test_queue_yaml_goes_to_the_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -117,9 +208,20 @@ def test_queue_yaml_goes_to_the_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        pytest.param("handlers:\n- url: /a\n  login: admni\n", ":3: handlers: login", id="login"),
-        pytest.param("handlers:\n- url: /a(\n", ":2: handlers: bad url regex", id="regex"),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  login: admni\n",
+            ":4: handlers[1].login: 'admni'",
+            id="login",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a(\n  script: auto\n",
+            ":2: handlers[1].url: bad url regex",
+            id="regex",
+        ),
         pytest.param("handlers: [\n", "invalid YAML", id="yaml"),
+        pytest.param(
+            "runtime: go\nhandler:\n- url: /a\n", ":2: unknown key 'handler'", id="unknown key"
+        ),
     ],
 )
 def test_cli_reports_bad_files(

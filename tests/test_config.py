@@ -110,26 +110,80 @@ def test_static_dir_prefix(prefix: str, path: str, matches: bool) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        pytest.param("handlers:\n- url: /a\n  login: admni\n", 3, "login: 'admni'", id="bad login"),
         pytest.param(
-            "handlers:\n- url: /a\n  auth_fail_action: deny\n",
-            3,
-            "auth_fail_action",
+            "handlers:\n- url: /a\n  script: auto\n  login: admni\n",
+            4,
+            "handlers[1].login: 'admni' is not one of optional, required, admin",
+            id="bad login",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  auth_fail_action: deny\n",
+            4,
+            "handlers[1].auth_fail_action: 'deny'",
             id="bad auth_fail_action",
         ),
         pytest.param(
-            "handlers:\n- url: /a\n  secure: yes\n", 3, "secure: True", id="yes is a bool"
+            "handlers:\n- url: /a\n  script: auto\n  secure: yes\n",
+            4,
+            "secure: True",
+            id="yes is a bool",
         ),
-        pytest.param("handlers:\n- url: /a(\n", 2, "bad url regex", id="bad regex"),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  login: yes\n",
+            4,
+            "login: True",
+            id="login yes is a bool",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  login:\n",
+            4,
+            "login: no value",
+            id="login with no value",
+        ),
+        pytest.param("handlers:\n- url: /a(\n  script: auto\n", 2, "bad url regex", id="bad regex"),
         pytest.param(
             "handlers:\n- url: /a\n  login: [admin\n", None, "invalid YAML", id="bad YAML"
         ),
         pytest.param("runtime: x\n\tbad: tab\n", 2, "invalid YAML", id="tab indentation"),
         pytest.param("handlers:\n- script: auto\n", 2, "has no url", id="handler without url"),
-        pytest.param("handlers:\n- /tasks/.*\n", 2, "not a mapping", id="handler not a mapping"),
+        pytest.param("handlers:\n- url: 7\n  script: auto\n", 2, "has no url", id="url a number"),
+        pytest.param(
+            "handlers:\n- url: tasks/.*\n  script: auto\n  login: admin\n",
+            2,
+            "must start with /",
+            id="url without a leading slash never matches",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  login: admin\n",
+            2,
+            "has no script, static_files, static_dir",
+            id="handler without a type",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  static_dir: s\n",
+            3,
+            "handlers[1].script is not allowed in a static_dir handler",
+            id="handler with two types",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  script: auto\n  mime_type: text/plain\n",
+            4,
+            "mime_type is not allowed in a script handler",
+            id="static key in a script handler",
+        ),
+        pytest.param(
+            "handlers:\n- url: /a\n  static_files: a.txt\n",
+            2,
+            "static_files but no upload",
+            id="static_files without upload",
+        ),
+        pytest.param(
+            "handlers:\n- /tasks/.*\n", 2, "handlers[1]: expected a mapping", id="handler not a map"
+        ),
         pytest.param("handlers: /tasks\n", 1, "expected a list", id="handlers not a list"),
-        pytest.param("- a\n- b\n", None, "mapping", id="top level is a list"),
+        pytest.param("- a\n- b\n", 1, "mapping", id="top level is a list"),
         pytest.param("", None, "mapping", id="empty file"),
+        pytest.param("# only a comment\n", None, "mapping", id="only a comment"),
         pytest.param(
             "basic_scaling: {}\nmanual_scaling: {}\n",
             2,
@@ -137,7 +191,10 @@ def test_static_dir_prefix(prefix: str, path: str, matches: bool) -> None:
             id="two scaling sections",
         ),
         pytest.param("entrypoint: [a, b]\n", 1, "entrypoint", id="entrypoint not a string"),
-        pytest.param("a: !!python/object:os.system x\n", 1, "invalid YAML", id="python tag"),
+        pytest.param("entrypoint: 7\n", 1, "entrypoint: expected text", id="entrypoint a number"),
+        pytest.param(
+            "a: !!python/object:os.system x\n", 1, "!!python/object:os.system", id="python tag"
+        ),
     ],
 )
 def test_bad_app_yaml(tmp_path: Path, text: str, line: int | None, fragment: str) -> None:
@@ -158,20 +215,6 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read") as info:
         load_app_yaml(tmp_path / "nope.yaml")
     assert info.value.path == str(tmp_path / "nope.yaml")
-
-
-def test_yaml_merge_keys_are_followed(tmp_path: Path) -> None:
-    """YAML anchors and merge keys work as in any YAML file."""
-    text = """\
-x-admin: &admin
-  login: admin
-  script: auto
-handlers:
-- <<: *admin
-  url: /tasks/.*
-"""
-    (rule,) = load_app_yaml(_write(tmp_path, "app.yaml", text)).rules
-    assert (rule.url, rule.login) == ("/tasks/.*", "admin")
 
 
 # --------------------------------------------------------------------------- AccessRule

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import SCALAR, ListOf, Section, YamlNode, check_keys, load_yaml, shown
 from ..exceptions import ConfigError
 from ._backoff import (
     DEFAULT_MAX_BACKOFF_SECONDS,
@@ -46,7 +45,9 @@ def parse_rate(text: str) -> float:
         return 0.0
     match = _RATE_RE.match(text)
     if match is None:
-        raise ValueError(f"rate {text!r} is not NUMBER/UNIT with UNIT one of s, m, h, d (or 0)")
+        raise ValueError(
+            f"rate {shown(text)} is not NUMBER/UNIT with UNIT one of s, m, h, d (or 0)"
+        )
     return float(match["number"]) / _UNIT_SECONDS[match["unit"]]
 
 
@@ -58,7 +59,7 @@ def parse_duration(text: str) -> float:
     """
     match = _DURATION_RE.match(text.strip())
     if match is None:
-        raise ValueError(f"duration {text!r} is not NUMBER followed by s, m, h or d")
+        raise ValueError(f"duration {shown(text)} is not NUMBER followed by s, m, h or d")
     return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
 
 
@@ -294,92 +295,85 @@ _RETRY_KEYS = frozenset(
 )
 
 
+_ACL_SCHEMA = ListOf(Section({"user_email": SCALAR, "writer_email": SCALAR}))
+
+
 class _Reader:
-    """Walks the YAML node tree so every error can name its line."""
+    """Walks the parsed document (see :func:`taskhandler.config.parse_yaml`) so every error
+    can name its line."""
 
-    def __init__(self, path: str, text: str) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.loader = yaml.SafeLoader(text)
 
-    def fail(self, message: str, node: yaml.Node | None, value: object = None) -> ConfigError:
-        line = None if node is None else node.start_mark.line + 1
+    def fail(self, message: str, node: YamlNode | int | None, value: object = None) -> ConfigError:
+        line = node.line if isinstance(node, YamlNode) else node
         return ConfigError(message, path=self.path, line=line, value=value)
 
-    def scalar(self, node: yaml.Node) -> object:
-        if not isinstance(node, yaml.ScalarNode):
+    def scalar(self, node: YamlNode) -> object:
+        if node.kind != "scalar":
             raise self.fail("expected a single value", node)
-        return self.loader.construct_object(node, deep=True)
+        return node.value
 
-    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
+    def mapping(self, node: YamlNode, what: str) -> list[tuple[str, int, YamlNode]]:
+        # Duplicate keys, anchors, aliases and merge keys were refused by the parser.
+        if node.kind != "map":
             raise self.fail(f"{what} must be a mapping of keys to values", node)
-        pairs: list[tuple[str, yaml.Node, yaml.Node]] = []
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node)
-            if not isinstance(key, str):
-                raise self.fail(f"{what}: keys must be text", key_node, key)
-            if key in seen:
-                raise self.fail(f"{what}: key {key!r} appears twice", key_node, key)
-            seen.add(key)
-            pairs.append((key, key_node, value_node))
-        return pairs
+        return node.pairs
 
     def typed(
-        self, node: yaml.Node, key: str, check: Callable[[object], bool], expected: str
+        self, node: YamlNode, key: str, check: Callable[[object], bool], expected: str
     ) -> Any:
         value = self.scalar(node)
         if isinstance(value, bool) or not check(value):
             raise self.fail(f"{key} must be {expected}", node, value)
         return value
 
-    def read(self) -> dict[str, QueueConfig]:
-        try:
-            root = self.loader.get_single_node()
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = None if mark is None else mark.line + 1
-            raise ConfigError(f"not valid YAML: {exc}", path=self.path, line=line) from None
-        finally:
-            self.loader.dispose()
+    def read(self, root: YamlNode | None) -> dict[str, QueueConfig]:
         queues: dict[str, QueueConfig] = {}
-        if root is None:
+        if root is None or root.is_null:
             return normalize_queues(queues)
-        for key, key_node, value_node in self.mapping(root, "queue.yaml"):
+        for key, key_line, value_node in self.mapping(root, "queue.yaml"):
             if key not in _TOP_KEYS:
                 raise self.fail(
-                    f"unknown key {key!r} (expected one of {', '.join(sorted(_TOP_KEYS))})",
-                    key_node,
+                    f"unknown key {shown(key)} (expected one of {', '.join(sorted(_TOP_KEYS))})",
+                    key_line,
                     key,
                 )
             if key == "queue":
-                if isinstance(value_node, yaml.ScalarNode) and self.scalar(value_node) is None:
+                if value_node.is_null:
                     continue
-                if not isinstance(value_node, yaml.SequenceNode):
+                if value_node.kind != "list":
                     raise self.fail("queue must be a list of queue definitions", value_node)
-                for entry in value_node.value:
+                for entry in value_node.items:
                     config = self.queue(entry)
                     if config.name in queues:
                         raise self.fail(
                             f"queue {config.name!r} is defined twice", entry, config.name
                         )
                     queues[config.name] = config
+            elif value_node.kind != "scalar":
+                raise self.fail(f"{key} must be a single value", value_node)
         return normalize_queues(queues)
 
-    def queue(self, node: yaml.Node) -> QueueConfig:
+    def queue(self, node: YamlNode) -> QueueConfig:
         fields: dict[str, Any] = {}
         name_given = False
-        for key, key_node, value_node in self.mapping(node, "queue entry"):
+        for key, key_line, value_node in self.mapping(node, "queue entry"):
             if key not in _QUEUE_KEYS:
                 raise self.fail(
-                    f"unknown queue key {key!r} (expected one of {', '.join(sorted(_QUEUE_KEYS))})",
-                    key_node,
+                    f"unknown queue key {shown(key)} "
+                    f"(expected one of {', '.join(sorted(_QUEUE_KEYS))})",
+                    key_line,
                     key,
                 )
             if key == "name":
                 name = self.scalar(value_node)
                 if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
-                    raise self.fail("queue name must match ^[a-zA-Z0-9-]{1,100}$", value_node, name)
+                    raise self.fail(
+                        f"queue name {shown(name)} must match ^[a-zA-Z0-9-]{{1,100}}$",
+                        value_node,
+                        name,
+                    )
                 fields["name"] = name
                 name_given = True
             elif key == "rate":
@@ -411,11 +405,14 @@ class _Reader:
             elif key == "mode":
                 mode = self.scalar(value_node)
                 if mode not in ("push", "pull"):
-                    raise self.fail("mode must be push or pull", value_node, mode)
+                    raise self.fail(f"mode {shown(mode)} must be push or pull", value_node, mode)
                 fields["mode"] = mode
             elif key == "retry_parameters":
                 fields["retry_parameters"] = self.retry(value_node)
-            # "acl" applies to pull queues on App Engine only; accepted and ignored.
+            else:
+                # "acl" applies to pull queues on App Engine only: its keys are checked, then
+                # it is ignored.
+                check_keys(value_node, _ACL_SCHEMA, self.path, "acl")
         if not name_given:
             raise self.fail("queue entry has no name", node)
         try:
@@ -423,14 +420,16 @@ class _Reader:
         except ConfigError as exc:
             raise self.fail(exc.message, node, exc.value) from None
 
-    def retry(self, node: yaml.Node) -> RetryParameters:
+    def retry(self, node: YamlNode) -> RetryParameters:
         values: dict[str, Any] = {}
-        for key, key_node, value_node in self.mapping(node, "retry_parameters"):
+        if node.is_null:
+            return RetryParameters()
+        for key, key_line, value_node in self.mapping(node, "retry_parameters"):
             if key not in _RETRY_KEYS:
                 raise self.fail(
-                    f"unknown retry_parameters key {key!r} "
+                    f"unknown retry_parameters key {shown(key)} "
                     f"(expected one of {', '.join(sorted(_RETRY_KEYS))})",
-                    key_node,
+                    key_line,
                     key,
                 )
             if key in ("task_retry_limit", "max_doublings"):
@@ -465,19 +464,16 @@ def load_queue_yaml(path: str | Path) -> dict[str, QueueConfig]:
     """Read a queue.yaml into queue definitions, name -> :class:`QueueConfig`.
 
     The ``default`` queue is always present (5/s, bucket 5, unless the file redefines it).
-    Unknown keys, malformed rates (``5/x``), negative backoffs, a ``max_backoff_seconds`` below
-    ``min_backoff_seconds`` and the like raise :class:`~taskhandler.exceptions.ConfigError`
-    naming the file and line.
+    Unknown or duplicate keys, malformed rates (``5/x``), negative backoffs, a
+    ``max_backoff_seconds`` below ``min_backoff_seconds`` and the like raise
+    :class:`~taskhandler.exceptions.ConfigError` naming the file and line. The file is read as
+    App Engine reads it, and as safely as app.yaml (:func:`taskhandler.config.parse_yaml`): no
+    anchors, aliases or merge keys, bounded size and nesting.
 
     Args:
         path: the queue.yaml file.
     """
-    path_text = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read queue.yaml: {exc}", path=path_text) from None
-    return _Reader(path_text, text).read()
+    return _Reader(str(path)).read(load_yaml(path))
 
 
 def format_rate(rate: float) -> str:
