@@ -95,17 +95,19 @@ def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], st
     """``lower-case name -> value`` over ASGI headers; copies joined with ``,`` as WSGI servers do.
 
     Names are compared in their exact dash spelling (any case): an ``_`` spelling of a
-    forwarding header is never read. The names are lower-cased on the first look-up only
-    (strict trust without proxies looks up little).
+    forwarding header is never read. The headers are grouped on the first look-up only
+    (strict trust without proxies looks up little), in one pass however many lines came.
     """
-    pairs: list[tuple[str, bytes]] | None = None
+    grouped: dict[str, str] | None = None
 
     def header(name: str) -> str | None:
-        nonlocal pairs
-        if pairs is None:
-            pairs = [(_text(key).lower(), value) for key, value in headers]
-        found = [_text(value) for key, value in pairs if key == name]
-        return ",".join(found) if found else None
+        nonlocal grouped
+        if grouped is None:
+            lists: dict[str, list[str]] = {}
+            for key, value in headers:
+                lists.setdefault(_text(key).lower(), []).append(_text(value))
+            grouped = {key: ",".join(values) for key, values in lists.items()}
+        return grouped.get(name)
 
     return header
 
