@@ -1,7 +1,9 @@
-"""OIDCVerifier: Cloud Tasks' bearer ID tokens checked like Google says, and trusted by TrustPolicy.
+"""OIDCVerifier: Cloud Tasks' bearer ID tokens checked with google-auth, trusted by TrustPolicy.
 
-Keys are generated here and tokens signed here; Google's certificate endpoint is stood in for
-by a small server on 127.0.0.1 serving the same ``{key id: PEM certificate}`` document.
+Keys are generated here and tokens signed here with google-auth's ``RSASigner``; Google's
+certificate endpoint is stood in for by a small HTTP server on 127.0.0.1 serving the same
+``{key id: PEM certificate}`` document. The certificate refresher's own behaviour (the
+background thread, the first request, the event loop) is in ``test_oidc_certificates.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import hmac
 import http.server
 import json
 import logging
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,13 +37,23 @@ from werkzeug.test import Client  # noqa: E402
 from taskhandler.asgi import TaskMiddleware as ASGITaskMiddleware  # noqa: E402
 from taskhandler.context import current_task  # noqa: E402
 from taskhandler.exceptions import ConfigError  # noqa: E402
-from taskhandler.oidc import InvalidToken, OIDCVerifier  # noqa: E402
+from taskhandler.oidc import (  # noqa: E402
+    InvalidToken,
+    OIDCVerifier,
+    bearer_token,
+    cache_max_age,
+    check_claims,
+)
 from taskhandler.trust import TrustPolicy  # noqa: E402
 from taskhandler.wsgi import TaskMiddleware  # noqa: E402
 
 AUDIENCE = "https://worker-abc123-uc.a.run.app"
 ACCOUNT = "tasks@my-project.iam.gserviceaccount.com"
 NOW = 1_700_000_000.0
+# How long a certificate request may be held by a stalled server before it answers anyway,
+# so that a broken test cannot hang; tests release it long before.
+STALL_LIMIT = 30.0
+WAIT = 10.0  # upper bound on waiting for a background fetch; never reached when all is well
 
 
 class Key:
@@ -68,8 +82,8 @@ class Key:
         )
         self.signer = crypt.RSASigner.from_string(private_pem, key_id=kid)
 
-    def token(self, **changes: Any) -> str:
-        """A Cloud Tasks-style ID token, valid at NOW unless ``changes`` say otherwise."""
+    def token(self, now: float = NOW, **changes: Any) -> str:
+        """A Cloud Tasks-style ID token, valid at ``now`` unless ``changes`` say otherwise."""
         claims: dict[str, Any] = {
             "iss": "https://accounts.google.com",
             "aud": AUDIENCE,
@@ -77,8 +91,8 @@ class Key:
             "sub": "1234567890",
             "email": ACCOUNT,
             "email_verified": True,
-            "iat": int(NOW) - 60,
-            "exp": int(NOW) + 3540,
+            "iat": int(now) - 60,
+            "exp": int(now) + 3540,
         }
         for name, value in changes.items():
             if value is _DROP:
@@ -89,6 +103,15 @@ class Key:
 
 
 _DROP = object()
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys a token table needs."""
+
+    good: Key  # in the served certificates
+    forger: Key  # same key id as ``good``, another key: a forger guessing the kid
+    stranger: Key  # a real RSA key whose id the certificates do not list
 
 
 def _b64(data: bytes) -> str:
@@ -108,25 +131,43 @@ def _hs256_with_public_cert(key: Key, claims_from: str) -> str:
     return f"{signed}.{_b64(mac)}"
 
 
+def _bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
 class CertServer:
-    """Serves ``{kid: PEM}`` on 127.0.0.1 like Google's certificate endpoint; counts fetches."""
+    """Serves ``{kid: PEM}`` on 127.0.0.1 like Google's certificate endpoint; counts fetches.
+
+    Clearing ``answer`` stalls every request until it is set again (or STALL_LIMIT passes);
+    ``waiting`` counts the requests being held.
+    """
 
     def __init__(self) -> None:
         self.certs: dict[str, str] = {}
-        self.max_age = 3600
+        self.cache_control: str | None = "public, max-age=3600, must-revalidate"
         self.status = 200
+        self.body: bytes | None = None  # sent instead of the certs when set
         self.fetches = 0
+        self.waiting = 0
+        self.answer = threading.Event()
+        self.answer.set()
+        self.lock = threading.Condition()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                outer.fetches += 1
-                body = json.dumps(outer.certs).encode()
+                with outer.lock:
+                    outer.fetches += 1
+                    outer.waiting += 1
+                    outer.lock.notify_all()
+                outer.answer.wait(STALL_LIMIT)
+                with outer.lock:
+                    outer.waiting -= 1
+                body = outer.body if outer.body is not None else json.dumps(outer.certs).encode()
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header(
-                    "Cache-Control", f"public, max-age={outer.max_age}, must-revalidate"
-                )
+                if outer.cache_control is not None:
+                    self.send_header("Cache-Control", outer.cache_control)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -139,10 +180,54 @@ class CertServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def reset(self, certs: dict[str, str]) -> None:
+        self.answer.set()
+        self.certs = dict(certs)
+        self.cache_control = "public, max-age=3600, must-revalidate"
+        self.status = 200
+        self.body = None
+        with self.lock:
+            self.fetches = 0
+
+    def wait_for_waiting(self, count: int) -> bool:
+        """Wait until ``count`` requests are being held (bounded by WAIT)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.waiting >= count, WAIT)
+
     def close(self) -> None:
+        self.answer.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+class Clock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session() -> Any:
+    """A requests session for 127.0.0.1 only, whatever proxy the environment names."""
+    result = requests.Session()
+    result.trust_env = False
+    return result
+
+
+def make_verifier(cert_server: CertServer, clock: Clock, **kwargs: Any) -> OIDCVerifier:
+    """A verifier fetching from ``cert_server`` (call ``close()`` when done)."""
+    return OIDCVerifier(
+        audience=AUDIENCE,
+        service_accounts=[ACCOUNT],
+        certs_url=cert_server.url,
+        clock=clock,
+        request=Request(session()),
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +238,11 @@ def key() -> Key:
 @pytest.fixture(scope="module")
 def other_key() -> Key:
     return Key("key-1")  # same key id, different key: a forger guessing the kid
+
+
+@pytest.fixture(scope="module")
+def keys(key: Key, other_key: Key) -> Keys:
+    return Keys(good=key, forger=other_key, stranger=Key("key-unknown"))
 
 
 @pytest.fixture(scope="module")
@@ -167,25 +257,8 @@ def cert_server_module() -> Iterator[CertServer]:
 @pytest.fixture
 def cert_server(cert_server_module: CertServer, key: Key) -> CertServer:
     """The shared certificate server, reset to serve ``key`` only."""
-    cert_server_module.certs = {key.kid: key.cert_pem}
-    cert_server_module.max_age = 3600
-    cert_server_module.status = 200
-    cert_server_module.fetches = 0
+    cert_server_module.reset({key.kid: key.cert_pem})
     return cert_server_module
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _session() -> Any:
-    session = requests.Session()
-    session.trust_env = False  # 127.0.0.1 only, whatever proxy the environment names
-    return session
 
 
 @pytest.fixture
@@ -195,147 +268,307 @@ def clock() -> Clock:
 
 @pytest.fixture
 def verifier(cert_server: CertServer, clock: Clock) -> Iterator[OIDCVerifier]:
-    session = _session()
-    yield OIDCVerifier(
-        audience=AUDIENCE,
-        service_accounts=[ACCOUNT],
-        certs_url=cert_server.url,
-        clock=clock,
-        request=Request(session),
-    )
-    session.close()
+    result = make_verifier(cert_server, clock)
+    yield result
+    cert_server.answer.set()
+    result.close()
 
 
-def _bearer(token: str) -> str:
-    return f"Bearer {token}"
+Make = Callable[[Keys], "str | None"]
 
-
+# (make the Authorization value, the reason expected in InvalidToken, or None: accepted)
 TOKEN_CASES = [
-    pytest.param(lambda k, o: _bearer(k.token()), None, id="valid token"),
-    pytest.param(lambda k, o: "bearer  " + k.token(), None, id="scheme in any case, extra spaces"),
+    pytest.param(lambda k: _bearer(k.good.token()), None, id="valid token"),
+    pytest.param(lambda k: "bearer  " + k.good.token(), None, id="lowercase bearer, two spaces"),
+    pytest.param(lambda k: "BEARER " + k.good.token(), None, id="uppercase bearer"),
+    pytest.param(lambda k: f"  Bearer {k.good.token()}  ", None, id="surrounding spaces"),
     pytest.param(
-        lambda k, o: _bearer(k.token(iss="accounts.google.com")), None, id="issuer without scheme"
+        lambda k: _bearer(k.good.token(iss="accounts.google.com")),
+        None,
+        id="issuer without scheme",
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token(email=ACCOUNT.upper())), None, id="email in another case"
+        lambda k: _bearer(k.good.token(email=ACCOUNT.upper())), None, id="email in another case"
     ),
+    pytest.param(lambda k: _bearer(k.good.token(nbf=int(NOW) - 60)), None, id="nbf in the past"),
+    # audience
     pytest.param(
-        lambda k, o: _bearer(k.token(aud="https://other.run.app")),
+        lambda k: _bearer(k.good.token(aud="https://other.run.app")),
         "wrong audience",
         id="wrong audience",
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token(aud=[AUDIENCE])), "wrong audience", id="audience as a list"
+        lambda k: _bearer(k.good.token(aud=[AUDIENCE])), "wrong audience", id="audience as a list"
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token(email="mallory@evil.iam.gserviceaccount.com")),
-        "not an allowed service account",
-        id="wrong email",
+        lambda k: _bearer(k.good.token(aud=[AUDIENCE, "https://other.run.app"])),
+        "wrong audience",
+        id="audience list naming us and another",
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token(email=_DROP)),
-        "not an allowed service account",
-        id="no email claim",
+        lambda k: _bearer(k.good.token(aud=_DROP)), "wrong audience", id="no audience claim"
     ),
+    # issuer
     pytest.param(
-        lambda k, o: _bearer(k.token(email_verified=False)),
-        "email not verified",
-        id="unverified email",
-    ),
-    pytest.param(
-        lambda k, o: _bearer(k.token(email_verified=_DROP)),
-        "email not verified",
-        id="no email_verified claim",
-    ),
-    pytest.param(
-        lambda k, o: _bearer(k.token(exp=int(NOW) - 11)),
-        "token expired",
-        id="expired beyond clock skew",
-    ),
-    pytest.param(
-        lambda k, o: _bearer(k.token(exp=int(NOW) - 5)), None, id="expired within clock skew"
-    ),
-    pytest.param(
-        lambda k, o: _bearer(k.token(iat=int(NOW) + 60)),
-        "issued in the future",
-        id="issued in the future",
-    ),
-    pytest.param(lambda k, o: _bearer(k.token(exp=_DROP)), "claim 'exp'", id="no exp claim"),
-    pytest.param(lambda k, o: _bearer(k.token(exp=True)), "claim 'exp'", id="exp is a boolean"),
-    pytest.param(
-        lambda k, o: _bearer(k.token(iss="https://evil.example")),
+        lambda k: _bearer(k.good.token(iss="https://evil.example")),
         "is not Google",
         id="wrong issuer",
     ),
     pytest.param(
-        lambda k, o: _bearer(o.token()), "bad signature", id="bad signature (other key, same kid)"
+        lambda k: _bearer(k.good.token(iss="https://accounts.google.com/")),
+        "is not Google",
+        id="issuer with a trailing slash",
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token().rsplit(".", 1)[0] + "." + o.token().rsplit(".", 1)[1]),
-        "bad signature",
+        lambda k: _bearer(k.good.token(iss=["accounts.google.com"])),
+        "is not Google",
+        id="issuer as a list",
+    ),
+    pytest.param(lambda k: _bearer(k.good.token(iss=_DROP)), "is not Google", id="no issuer"),
+    # email and email_verified
+    pytest.param(
+        lambda k: _bearer(k.good.token(email="mallory@evil.iam.gserviceaccount.com")),
+        "not an allowed service account",
+        id="email not in the allow-list",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email=_DROP)),
+        "not an allowed service account",
+        id="no email claim",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email=[ACCOUNT])),
+        "not an allowed service account",
+        id="email as a list",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email=ACCOUNT.replace("k", "\u212a"))),
+        "not an allowed service account",
+        id="email with a Kelvin sign that lower() turns into k",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email=ACCOUNT + " ")),
+        "not an allowed service account",
+        id="email with a trailing space",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified=True)), None, id="email_verified true"
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified=False)),
+        "email not verified",
+        id="email_verified false",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified=_DROP)),
+        "email not verified",
+        id="email_verified absent",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified=1)),
+        "email not verified",
+        id="email_verified 1",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified="true")),
+        "email not verified",
+        id="email_verified string true",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified="1")),
+        "email not verified",
+        id="email_verified string 1",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(email_verified=None)),
+        "email not verified",
+        id="email_verified null",
+    ),
+    # time
+    pytest.param(
+        lambda k: _bearer(k.good.token(exp=int(NOW) - 11)),
+        "expired",  # google-auth's "Token expired" or ours, whichever sees it first
+        id="expired beyond clock skew",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(exp=int(NOW) - 5)), None, id="expired within clock skew"
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(iat=int(NOW) + 60)),
+        "issued in the future",
+        id="not yet valid: issued in the future",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(iat=int(NOW) + 5)),
+        None,
+        id="issued in the future within clock skew",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(nbf=int(NOW) + 60)),
+        "not valid yet",
+        id="not yet valid: nbf in the future",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(exp=_DROP)), "required claim exp", id="no exp claim"
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(iat=_DROP)), "required claim iat", id="no iat claim"
+    ),
+    # True is an int in Python and 1 s after the epoch: long expired.
+    pytest.param(lambda k: _bearer(k.good.token(exp=True)), "expired", id="exp is a boolean"),
+    pytest.param(lambda k: _bearer(k.good.token(iat=True)), "claim 'iat'", id="iat is a boolean"),
+    pytest.param(
+        lambda k: _bearer(k.good.token(exp=str(int(NOW) + 3600))),
+        "not a number",
+        id="exp is a string",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.good.token(iat=str(int(NOW)))), "not a number", id="iat is a string"
+    ),
+    pytest.param(lambda k: _bearer(k.good.token(exp=float("nan"))), "claim 'exp'", id="exp is NaN"),
+    pytest.param(
+        lambda k: _bearer(k.good.token(exp=float("inf"))), "claim 'exp'", id="exp is Infinity"
+    ),
+    pytest.param(lambda k: _bearer(k.good.token(nbf="0")), "claim 'nbf'", id="nbf is a string"),
+    # signature and algorithm
+    pytest.param(
+        lambda k: _bearer(k.forger.token()),
+        "Could not verify token signature",
+        id="bad signature (other key, same kid)",
+    ),
+    pytest.param(
+        lambda k: _bearer(
+            k.good.token().rsplit(".", 1)[0] + "." + k.forger.token().rsplit(".", 1)[1]
+        ),
+        "Could not verify token signature",
         id="signature of another token",
     ),
     pytest.param(
-        lambda k, o: _bearer(_unsigned({"alg": "none", "kid": k.kid}, k.token())),
-        "unexpected algorithm 'none'",
-        id="none algorithm",
+        lambda k: _bearer(k.good.token().rsplit(".", 1)[0] + "."),
+        "Could not verify token signature",
+        id="RS256 with the signature cut off",
     ),
     pytest.param(
-        lambda k, o: _bearer(_unsigned({"alg": "none"}, k.token()) + "AAAA"),
+        lambda k: _bearer(_unsigned({"alg": "none", "kid": k.good.kid}, k.good.token())),
         "unexpected algorithm 'none'",
-        id="none algorithm with junk signature",
+        id="alg none",
     ),
     pytest.param(
-        lambda k, o: _bearer(_hs256_with_public_cert(k, k.token())),
+        lambda k: _bearer(_unsigned({"alg": "None", "kid": k.good.kid}, k.good.token())),
+        "unexpected algorithm 'None'",
+        id="alg None capitalised",
+    ),
+    pytest.param(
+        lambda k: _bearer(_unsigned({"alg": "none"}, k.good.token()) + "AAAA"),
+        "unexpected algorithm 'none'",
+        id="alg none with junk signature",
+    ),
+    pytest.param(
+        lambda k: _bearer(_unsigned({"kid": k.good.kid}, k.good.token()) + "AAAA"),
+        "unexpected algorithm None",
+        id="no alg",
+    ),
+    pytest.param(
+        lambda k: _bearer(_hs256_with_public_cert(k.good, k.good.token())),
         "unexpected algorithm 'HS256'",
         id="HS256 keyed with the public certificate",
     ),
     pytest.param(
-        lambda k, o: _bearer(_unsigned({"alg": "RS256", "kid": "nope"}, k.token()) + "AAAA"),
-        "unknown signing key",
-        id="unknown key id",
+        lambda k: _bearer(_unsigned({"alg": "ES256", "kid": k.good.kid}, k.good.token()) + "AA"),
+        "unexpected algorithm 'ES256'",
+        id="ES256 (google-auth knows it, Google ID tokens never use it)",
     ),
     pytest.param(
-        lambda k, o: _bearer(_unsigned({"alg": "RS256"}, k.token()) + "AAAA"),
+        lambda k: _bearer(_unsigned({"alg": ["RS256"], "kid": k.good.kid}, k.good.token())),
+        "unexpected algorithm ['RS256']",
+        id="alg as a list",
+    ),
+    pytest.param(
+        lambda k: _bearer(k.stranger.token()),
+        "unknown signing key 'key-unknown'",
+        id="unknown key id, properly signed",
+    ),
+    pytest.param(
+        lambda k: _bearer(_unsigned({"alg": "RS256"}, k.good.token()) + "AAAA"),
         "no key id",
         id="no key id",
     ),
     pytest.param(
-        lambda k, o: _bearer(k.token() + "xxx"),
-        "malformed token signature",
-        id="signature not base64",
+        lambda k: _bearer(_unsigned({"alg": "RS256", "kid": 1}, k.good.token()) + "AAAA"),
+        "no key id",
+        id="key id a number",
     ),
-    pytest.param(lambda k, o: None, "no Authorization header", id="missing header"),
-    pytest.param(lambda k, o: "", "no Authorization header", id="empty header"),
-    pytest.param(lambda k, o: k.token(), "not 'Bearer <JWT>'", id="token without scheme"),
-    pytest.param(lambda k, o: "Basic dXNlcjpwYXNz", "not 'Bearer <JWT>'", id="basic auth"),
-    pytest.param(lambda k, o: "Bearer abc.def", "not 'Bearer <JWT>'", id="two segments"),
-    pytest.param(lambda k, o: "Bearer a.b.c.d", "not 'Bearer <JWT>'", id="four segments"),
     pytest.param(
-        lambda k, o: f"Bearer {k.token()}, Bearer {k.token()}",
+        lambda k: _bearer(_unsigned({"alg": "RS256", "kid": "k" * 300}, k.good.token()) + "AA"),
+        "no key id",
+        id="key id 300 characters",
+    ),
+    # malformed
+    pytest.param(lambda k: None, "no Authorization header", id="missing header"),
+    pytest.param(lambda k: "", "no Authorization header", id="empty header"),
+    pytest.param(lambda k: "   ", "no Authorization header", id="blank header"),
+    pytest.param(lambda k: "Bearer", "not 'Bearer <JWT>'", id="scheme only"),
+    pytest.param(lambda k: k.good.token(), "not 'Bearer <JWT>'", id="token without Bearer"),
+    pytest.param(
+        lambda k: "Bearer\t" + k.good.token(), "not 'Bearer <JWT>'", id="tab after Bearer"
+    ),
+    pytest.param(
+        lambda k: "Bearer" + k.good.token(), "not 'Bearer <JWT>'", id="no space after Bearer"
+    ),
+    pytest.param(lambda k: "Token " + k.good.token(), "not 'Bearer <JWT>'", id="another scheme"),
+    pytest.param(lambda k: "Basic dXNlcjpwYXNz", "not 'Bearer <JWT>'", id="basic auth"),
+    pytest.param(
+        lambda k: "Bearer " + k.good.token().replace(".", ". ", 1),
+        "not 'Bearer <JWT>'",
+        id="space inside the token",
+    ),
+    pytest.param(lambda k: "Bearer abc.def", "not 'Bearer <JWT>'", id="two segments"),
+    pytest.param(lambda k: "Bearer a.b.c.d", "not 'Bearer <JWT>'", id="four segments"),
+    pytest.param(
+        lambda k: _bearer(k.good.token() + "." + _b64(b"{}")),
+        "not 'Bearer <JWT>'",
+        id="valid token with a fourth segment",
+    ),
+    pytest.param(
+        lambda k: f"Bearer {k.good.token()}, Bearer {k.good.token()}",
         "not 'Bearer <JWT>'",
         id="two joined Authorization headers",
     ),
-    pytest.param(lambda k, o: "Bearer e30.e30.e30=", "not 'Bearer <JWT>'", id="padding characters"),
-    pytest.param(lambda k, o: "Bearer !!!.e30.e30", "not 'Bearer <JWT>'", id="not base64url"),
+    pytest.param(lambda k: "Bearer e30.e30.e30=", "not 'Bearer <JWT>'", id="padding characters"),
+    pytest.param(lambda k: "Bearer !!!.e30.e30", "not 'Bearer <JWT>'", id="not base64url"),
     pytest.param(
-        lambda k, o: "Bearer bm90anNvbg.e30.e30", "malformed token header", id="header not JSON"
+        lambda k: "Bearer " + k.good.token().replace("e", "\u0435"),
+        "not 'Bearer <JWT>'",
+        id="Cyrillic look-alike letters",
+    ),
+    pytest.param(lambda k: "Bearer bm90anNvbg.e30.e30", "malformed token", id="header not JSON"),
+    pytest.param(lambda k: "Bearer WzFd.e30.e30", "malformed token", id="header a JSON list"),
+    pytest.param(
+        lambda k: f"Bearer {_b64(json.dumps({'alg': 'RS256', 'kid': 'key-1'}).encode())}.WzFd.e30",
+        "malformed token",
+        id="claims a JSON list",
     ),
     pytest.param(
-        lambda k, o: "Bearer WzFd.e30.e30",
-        "malformed token header: not a JSON object",
-        id="header a JSON list",
+        lambda k: _bearer(k.good.token() + "xxx"),
+        "malformed token",
+        id="signature not base64",
     ),
-    pytest.param(lambda k, o: "Bearer " + "a" * 9000 + ".b.c", "too long", id="huge header"),
+    pytest.param(
+        lambda k: f"Bearer {_b64(b'[' * 5000)}.e30.e30",
+        "malformed token",
+        id="header JSON nested 5000 deep",
+    ),
+    pytest.param(lambda k: "Bearer " + "a" * 9000 + ".b.c", "too long", id="huge token"),
+    pytest.param(
+        lambda k: "Bearer " + "a" * (1 << 20) + ".b.c", "too long", id="one-megabyte token"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("make", "reason"), TOKEN_CASES)
-def test_token_cases(
-    verifier: OIDCVerifier, key: Key, other_key: Key, make: Any, reason: str | None
-) -> None:
+def test_token_cases(verifier: OIDCVerifier, keys: Keys, make: Make, reason: str | None) -> None:
     """Only a Google-signed RS256 token for our audience and service account verifies."""
-    authorization = make(key, other_key)
+    authorization = make(keys)
     if reason is None:
         claims = verifier.verify(authorization)
         assert claims["aud"] == AUDIENCE
@@ -347,8 +580,103 @@ def test_token_cases(
         assert verifier.verifies(authorization) is False
 
 
+def _claims(**changes: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": "accounts.google.com",
+        "aud": AUDIENCE,
+        "email": ACCOUNT,
+        "email_verified": True,
+        "iat": NOW - 60,
+        "exp": NOW + 3540,
+    }
+    claims.update(changes)
+    return claims
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        pytest.param(_claims(), None, id="valid"),
+        pytest.param(_claims(exp=int(NOW) + 1), None, id="integer exp"),
+        pytest.param(_claims(exp=True), "claim 'exp'", id="exp True"),
+        pytest.param(_claims(exp=False), "claim 'exp'", id="exp False"),
+        pytest.param(_claims(iat=True), "claim 'iat'", id="iat True"),
+        pytest.param(_claims(exp="9999999999"), "claim 'exp'", id="exp a string"),
+        pytest.param(_claims(exp=None), "claim 'exp'", id="exp null"),
+        pytest.param(_claims(exp=[NOW + 10]), "claim 'exp'", id="exp a list"),
+        pytest.param(_claims(exp=float("nan")), "claim 'exp'", id="exp NaN"),
+        pytest.param(_claims(exp=float("inf")), "claim 'exp'", id="exp Infinity"),
+        pytest.param(_claims(iat=float("-inf")), "claim 'iat'", id="iat minus Infinity"),
+        pytest.param(_claims(nbf=True), "claim 'nbf'", id="nbf True"),
+        pytest.param(_claims(nbf=NOW + 11), "not valid yet", id="nbf beyond skew"),
+        pytest.param(_claims(nbf=NOW + 9), None, id="nbf within skew"),
+        pytest.param(_claims(exp=NOW - 10), None, id="expired exactly at the skew"),
+        pytest.param(_claims(exp=NOW - 10.5), "token expired", id="expired just past the skew"),
+        pytest.param(_claims(aud=[AUDIENCE]), "wrong audience", id="aud a list"),
+        pytest.param(_claims(aud=AUDIENCE + "/"), "wrong audience", id="aud with a slash"),
+        pytest.param(_claims(aud=AUDIENCE.upper()), "wrong audience", id="aud in capitals"),
+        pytest.param(_claims(email_verified=1), "not verified", id="email_verified 1"),
+        pytest.param(_claims(email_verified=1.0), "not verified", id="email_verified 1.0"),
+        pytest.param(_claims(email_verified="true"), "not verified", id="email_verified 'true'"),
+        pytest.param(_claims(email_verified="True"), "not verified", id="email_verified 'True'"),
+        pytest.param(_claims(email_verified="1"), "not verified", id="email_verified '1'"),
+        pytest.param(_claims(email_verified=[True]), "not verified", id="email_verified [true]"),
+        pytest.param(_claims(email=ACCOUNT.title()), None, id="email in title case"),
+        pytest.param(_claims(email=ACCOUNT.encode()), "not an allowed", id="email bytes"),
+        pytest.param(_claims(email="\u0130" + ACCOUNT[1:]), "not an allowed", id="dotted I"),
+        pytest.param(_claims(iss=b"accounts.google.com"), "is not Google", id="issuer bytes"),
+    ],
+)
+def test_check_claims(claims: dict[str, Any], reason: str | None) -> None:
+    """Each claim must have the JSON type Google gives it; loose Python equality never passes."""
+    kwargs: dict[str, Any] = {
+        "audiences": frozenset({AUDIENCE}),
+        "service_accounts": frozenset({ACCOUNT}),
+        "now": NOW,
+        "clock_skew": 10.0,
+    }
+    if reason is None:
+        check_claims(claims, **kwargs)
+    else:
+        with pytest.raises(InvalidToken, match=reason):
+            check_claims(claims, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "token"),
+    [
+        pytest.param("Bearer a.b.c", "a.b.c", id="plain"),
+        pytest.param("bearer a.b.", "a.b.", id="lowercase, empty signature kept for its name"),
+        pytest.param(" Bearer   a.b.c ", "a.b.c", id="spaces around and between"),
+    ],
+)
+def test_bearer_token(authorization: str, token: str) -> None:
+    """The token is taken from 'Bearer <JWT>' in any case and with any number of spaces."""
+    assert bearer_token(authorization) == token
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "seconds"),
+    [
+        pytest.param("public, max-age=22350, must-revalidate, no-transform", 22350, id="Google's"),
+        pytest.param("max-age=60", 60, id="max-age alone"),
+        pytest.param("MAX-AGE=60", 60, id="any case"),
+        pytest.param("public, max-age=9999999", 86400, id="capped at a day"),
+        pytest.param("no-store", 0, id="no-store"),
+        pytest.param("no-cache, max-age=0", 0, id="max-age zero"),
+        pytest.param("public", 3600, id="no max-age"),
+        pytest.param(None, 3600, id="no header"),
+        pytest.param("s-maxage=60", 3600, id="s-maxage is not max-age"),
+        pytest.param("max-age=1e9", 3600, id="not digits"),
+    ],
+)
+def test_cache_max_age(cache_control: str | None, seconds: float) -> None:
+    """The certificates are kept for the response's max-age, within bounds."""
+    assert cache_max_age(cache_control) == seconds
+
+
 def test_injected_certs_need_no_fetch(key: Key) -> None:
-    """certs= verifies without any certificate endpoint."""
+    """certs= verifies without any certificate endpoint, and starts no thread."""
     verifier = OIDCVerifier(
         audience=[AUDIENCE, "https://b.example"],
         service_accounts=ACCOUNT,
@@ -356,6 +684,8 @@ def test_injected_certs_need_no_fetch(key: Key) -> None:
         clock=Clock(),
     )
     assert verifier.verify(_bearer(key.token(aud="https://b.example")))["email"] == ACCOUNT
+    assert verifier.certificates is None
+    assert verifier.prefetch() is True
 
 
 def test_refusal_is_logged_without_the_token(
@@ -367,75 +697,18 @@ def test_refusal_is_logged_without_the_token(
         assert not verifier.verifies(_bearer(token))
     assert "wrong audience" in caplog.text
     assert token.split(".")[2] not in caplog.text
+    assert token.split(".")[1] not in caplog.text
 
 
-def test_certificates_are_cached_for_max_age(
-    verifier: OIDCVerifier, cert_server: CertServer, key: Key, clock: Clock
+def test_refusal_reason_cannot_forge_log_lines(
+    verifier: OIDCVerifier, key: Key, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Certificates are fetched once, kept for the response's max-age, then fetched again."""
-    cert_server.max_age = 600
-    for _ in range(5):
-        assert verifier.verifies(_bearer(key.token()))
-    assert cert_server.fetches == 1
-    clock.now += 599
-    assert verifier.verifies(_bearer(key.token(exp=int(clock.now) + 60)))
-    assert cert_server.fetches == 1
-    clock.now += 2
-    assert verifier.verifies(_bearer(key.token(exp=int(clock.now) + 60)))
-    assert cert_server.fetches == 2
-
-
-def test_unknown_key_fetches_at_most_every_30s(
-    verifier: OIDCVerifier, cert_server: CertServer, key: Key, clock: Clock
-) -> None:
-    """Tokens naming unknown keys cannot make every request cost a certificate fetch."""
-    forged = _bearer(_unsigned({"alg": "RS256", "kid": "unknown"}, key.token()) + "AAAA")
-    assert verifier.verifies(_bearer(key.token()))
-    for _ in range(5):
-        assert not verifier.verifies(forged)
-    assert cert_server.fetches == 1
-    clock.now += 31
-    assert not verifier.verifies(forged)
-    assert cert_server.fetches == 2
-
-
-def test_rotated_key_is_picked_up(
-    verifier: OIDCVerifier, cert_server: CertServer, key: Key, clock: Clock
-) -> None:
-    """A token signed with a newly published key verifies once the certificates are fetched again."""
-    assert verifier.verifies(_bearer(key.token()))
-    new = Key("key-2")
-    cert_server.certs = {key.kid: key.cert_pem, new.kid: new.cert_pem}
-    clock.now += 31
-    assert verifier.verifies(_bearer(new.token(exp=int(clock.now) + 60)))
-    assert cert_server.fetches == 2
-
-
-def test_failed_fetch_keeps_the_certificates_held(
-    verifier: OIDCVerifier, cert_server: CertServer, key: Key, clock: Clock
-) -> None:
-    """When a later fetch fails, the certificates already held keep verifying."""
-    cert_server.max_age = 60
-    assert verifier.verifies(_bearer(key.token()))
-    cert_server.status = 503
-    clock.now += 61
-    assert verifier.verifies(_bearer(key.token(exp=int(clock.now) + 60)))
-    assert cert_server.fetches == 2
-
-
-def test_unreachable_endpoint_refuses(key: Key, clock: Clock) -> None:
-    """With no certificates at all (the endpoint is down) no token verifies."""
-    session = _session()
-    verifier = OIDCVerifier(
-        audience=AUDIENCE,
-        service_accounts=[ACCOUNT],
-        certs_url="http://127.0.0.1:9/certs",  # the discard port: nothing listens
-        clock=clock,
-        request=Request(session),
-    )
-    with pytest.raises(InvalidToken, match="unknown signing key"):
-        verifier.verify(_bearer(key.token()))
-    session.close()
+    """Claim values shown in the reason are quoted, so a newline cannot start a fake log line."""
+    token = key.token(email="x\nINFO forged line")
+    with caplog.at_level(logging.WARNING, logger="taskhandler"):
+        assert not verifier.verifies(_bearer(token))
+    assert "\nINFO forged line" not in caplog.text
+    assert "\\nINFO forged line" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -443,6 +716,7 @@ def test_unreachable_endpoint_refuses(key: Key, clock: Clock) -> None:
     [
         pytest.param({"audience": ""}, "audience", id="empty audience"),
         pytest.param({"audience": []}, "audience", id="no audience"),
+        pytest.param({"audience": [1]}, "audience", id="audience not a string"),
         pytest.param({"service_accounts": []}, "name at least one", id="no service account"),
         pytest.param(
             {"service_accounts": ["tasks"]}, "not a service account email", id="account without @"
@@ -452,11 +726,21 @@ def test_unreachable_endpoint_refuses(key: Key, clock: Clock) -> None:
             "not a service account email",
             id="account with spaces",
         ),
+        pytest.param(
+            {"service_accounts": ["t\u212a@b.c"]},
+            "not a service account email",
+            id="account not ASCII",
+        ),
         pytest.param({"certs_url": "ftp://x/certs"}, "certs_url", id="certs URL not http"),
         pytest.param({"clock_skew": -1}, "clock_skew", id="negative skew"),
         pytest.param({"clock_skew": 3600}, "clock_skew", id="skew of an hour"),
+        pytest.param({"clock_skew": True}, "clock_skew", id="skew a boolean"),
+        pytest.param({"first_fetch_wait": -1}, "first_fetch_wait", id="negative first wait"),
+        pytest.param({"first_fetch_wait": 600}, "first_fetch_wait", id="first wait too long"),
+        pytest.param({"clock": 5}, "clock", id="clock not callable"),
         pytest.param({"certs": {"keys": []}}, "oauth2/v1/certs format", id="JWK certs"),
         pytest.param({"certs": {"k": "not a pem"}}, "not a PEM certificate", id="bad PEM"),
+        pytest.param({"certs": {"k": 1}}, "not a PEM certificate", id="PEM not a string"),
     ],
 )
 def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
@@ -465,6 +749,20 @@ def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
         OIDCVerifier(**args)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param("google.auth", id="google-auth missing"),
+        pytest.param("google.auth.transport.requests", id="requests transport missing"),
+    ],
+)
+def test_missing_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    """Without the cloudtasks extra, building a verifier says which extra to install."""
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(ConfigError, match=r"pip install 'taskhandler\[cloudtasks\]'"):
+        OIDCVerifier(audience=AUDIENCE, service_accounts=[ACCOUNT])
 
 
 def test_trust_policy_rejects_a_non_verifier() -> None:
