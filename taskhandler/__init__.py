@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._decorator import task_handler as task_handler
 from .access import Refusal as Refusal
 from .auth import AppEngineUserAuth as AppEngineUserAuth
 from .auth import SignedCookieAuth as SignedCookieAuth
@@ -18,7 +19,6 @@ from .exceptions import InvalidTaskHeaders as InvalidTaskHeaders
 from .exceptions import PermanentTaskFailure as PermanentTaskFailure
 from .exceptions import RetryTask as RetryTask
 from .exceptions import TaskHandlerError as TaskHandlerError
-from .handler import task_handler as task_handler
 from .oidc import OIDCVerifier as OIDCVerifier
 from .trust import Authenticator as Authenticator
 from .trust import RequestInfo as RequestInfo

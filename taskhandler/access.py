@@ -30,7 +30,7 @@ Pure: standard library and pydantic only.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -42,7 +42,7 @@ __all__ = [
     "check_access",
     "check_path",
     "find_rule",
-    "request_path_wsgi",
+    "header_prefixes",
     "routable_paths",
     "strictest_rule",
 ]
@@ -69,31 +69,6 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _HOST = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 # Characters kept as they are when a path is put into a Location header.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-
-
-def request_path_wsgi(script_name: str, path_info: str) -> str | Refusal:
-    """The request path of a WSGI request as text: ``SCRIPT_NAME + PATH_INFO`` as UTF-8.
-
-    PEP 3333 servers put the percent-decoded path bytes into the environ as latin-1 text;
-    this turns them back into bytes and decodes them as UTF-8, so rules and routers see
-    ``/tâche`` rather than mojibake. Both parts are joined because a rule covers the whole
-    URL path: an app mounted at ``/tasks`` still has its ``/tasks/.*`` rule apply.
-
-    Returns a :class:`Refusal` (400) when the bytes are not valid UTF-8.
-
-    Example::
-
-        >>> request_path_wsgi("/tasks", "/t\\xc3\\xa2che")
-        '/tasks/tâche'
-    """
-    try:
-        raw = (script_name + path_info).encode("latin-1")
-    except UnicodeEncodeError:
-        return Refusal(400, "request path is not a valid WSGI string")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return Refusal(400, "request path is not valid UTF-8")
 
 
 def check_path(path: str) -> Refusal | None:
@@ -159,6 +134,22 @@ def routable_paths(path: str, prefixes: Iterable[str]) -> tuple[str, ...]:
         if rest not in paths:
             paths.append(rest)
     return tuple(paths)
+
+
+# Request headers from which a server or ProxyFix may take a mount prefix (SCRIPT_NAME /
+# root_path): gunicorn's SCRIPT_NAME header, daphne's Daphne-Root-Path, X-Forwarded-Prefix.
+PREFIX_HEADERS = ("script-name", "daphne-root-path", "x-forwarded-prefix")
+_MAX_PREFIXES = 16
+
+
+def header_prefixes(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Mount prefixes that request headers name (each value may list several, comma-joined)."""
+    found: list[str] = []
+    for name in PREFIX_HEADERS:
+        value = headers.get(name)
+        if value:
+            found.extend(part.strip() for part in value.split(",")[:_MAX_PREFIXES])
+    return tuple(found)
 
 
 _LOGIN_RANK = {"optional": 0, "required": 1, "admin": 2}

@@ -1,25 +1,22 @@
-"""``TaskMiddleware`` for ASGI: the same decisions as the WSGI middleware over scope/receive/send.
+"""``TaskMiddleware`` for ASGI: the request path (SPEC §1) on scope, receive and send.
 
-Task headers such as ``X-AppEngine-QueueName`` tell a handler the queue sent the
-request; any client can type them, so they are believed only from the queue's address
-(or a signed-in admin) and removed from every other request before the app sees it.
-The decision itself is :func:`taskhandler.pipeline.decide`, shared with the WSGI
-middleware; this module only reads the plain data it needs from the ASGI scope and
-applies the answer.
+The mirror of ``wsgi.py``, function for function; the decision itself is made by
+:func:`taskhandler._decision.decide`, so both middlewares decide alike by construction.
 
 ASGI specifics:
 
-- Header names arrive as bytes, possibly several entries per name, and underscore
-  spellings (``x_appengine_queuename``) arrive as names of their own. Names are compared
-  after ``lower().replace("_", "-")``; every copy of every spelling is removed from an
-  untrusted request, so nothing further in (an ASGI-to-WSGI bridge folding ``_`` into
-  ``-``, say) can bring one back. The caller's header list is never changed in place: the
-  scope gets a new list.
+- Header names arrive as bytes, possibly several entries per name, and ``_`` spellings
+  (``x_appengine_queuename``) arrive as names of their own: every copy of every spelling
+  of a task header is removed from an untrusted request, so nothing further in (an
+  ASGI-to-WSGI bridge folding ``_`` into ``-``, say) can bring one back, and forwarding
+  headers are read only in their exact dash spelling. The caller's header list is never
+  changed in place: the scope gets a new list.
 - ``lifespan`` and ``websocket`` scopes pass through untouched.
-- The path the access rules see is ``scope["path"]``, the full request path the app
-  routes (it includes ``root_path``, as uvicorn and Starlette put it; ``root_path`` is
-  prepended for a server that keeps the two apart). A path whose raw bytes are not UTF-8
-  is refused with 400, as under WSGI.
+- The path the access rules see is ``scope["path"]``, the full request path (it includes
+  ``root_path``, as uvicorn and Starlette put it; ``root_path`` is prepended for a server
+  that keeps the two apart). The rules also see it without ``root_path`` and without a
+  ``root_path`` the wrapped app strips itself (``FastAPI(root_path=...)``). A path whose
+  raw bytes are not UTF-8 is refused with 400, as under WSGI.
 """
 
 from __future__ import annotations
@@ -29,24 +26,43 @@ import functools
 import inspect
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from werkzeug.http import parse_cookie
 
+from ._decision import (
+    AUTH_PAGE_PREFIX,
+    Decision,
+    NOTHING_DECIDED,
+    LazyUser,
+    MiddlewareBase,
+    RequestState,
+    Settings,
+    decide,
+    decide_nested,
+    refusal_response,
+)
+from ._request import RequestView, SentHeader
+from ._response import OUTCOME_HEADER, Response, plain_response
 from ._types import ASGIApplication, Message, Receive, Scope, Send
-from .access import Refusal
 from .context import TaskContext
 from .context import _current as _current_task
 from .deadline import AsyncArmed, arm, arm_async
-from .exceptions import PermanentTaskFailure, RetryTask
-from .headers import TASK_HEADER_PREFIXES, FieldPlan, collect, parse_task_headers
+from .exceptions import PermanentTaskFailure
+from .handler import (
+    MAX_BODY,
+    Handler,
+    PayloadError,
+    admit,
+    failure_answer,
+    parse_payload,
+    render,
+    rendered_answer,
+)
+from .headers import TASK_HEADER_PREFIXES
 from .outcome import (
-    OUTCOME_HEADER,
-    OUTCOME_HEADER_LOWER,
     Result,
     app_outcome,
     conclude,
@@ -54,143 +70,256 @@ from .outcome import (
     failure_response,
     outcome_for_status,
 )
-from .pipeline import (
-    AUTH_PAGE_PREFIX,
-    Location,
-    MiddlewareBase,
-    RequestState,
-    Settings,
-    check_rules,
-    decide,
-    refusal_body,
-    synthetic_context,
-)
 from .trust import FORWARDING_HEADERS, RequestInfo
+from .wsgi import call_wsgi
 
-__all__ = ["TaskMiddleware", "endpoint", "handle_asgi", "request_info", "request_path", "run_task"]
+__all__ = [
+    "TaskMiddleware",
+    "endpoint",
+    "request_info",
+    "request_view",
+    "run_task",
+    "serve_handler",
+]
 
 log = logging.getLogger("taskhandler")
 
 STATE_KEY = "taskhandler.state"
 STRIPPED_KEY = "taskhandler.stripped"
-_OUTCOME_NAME = OUTCOME_HEADER_LOWER.encode("latin-1")
-_MAX_PAGE_BODY = 64 * 1024
-MAX_BODY = 1024 * 1024  # as handler.MAX_BODY: Cloud Tasks' limit
+MAX_PAGE_BODY = 64 * 1024
+_OUTCOME_NAME = OUTCOME_HEADER.lower().encode("latin-1")
 # Extensions that let an app hand the body to the server directly: a buffered task
 # response cannot pass them on, so task requests do not advertise them.
 _SEND_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
-_NOT_A_TASK = b"this URL only accepts task requests\n"
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
+class TaskMiddleware(MiddlewareBase):
+    """Trust, strip, protect, describe, time and answer task requests for an ASGI app.
 
+    The same keywords and the same decisions as :class:`taskhandler.wsgi.TaskMiddleware`.
 
-def _norm(name: bytes) -> str:
-    return name.decode("latin-1").lower().replace("_", "-")
+    Args:
+        app: the ASGI application to wrap (Starlette, FastAPI, any ASGI 3 app).
+        trust: who may send task headers (default: the queue's address 0.1.0.2 only).
+        config: access rules and task deadline, e.g. ``load_app_yaml("app.yaml")``.
+        authenticator: ``RequestInfo -> User | None``; admins may send task headers and
+            pass ``login: admin``.
+        deadline: task deadline in seconds (overrides the config's; default 600).
+        grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
 
+    Per request it puts ``scope["taskhandler.state"]`` (a ``RequestState``) and, when it
+    removed headers, ``scope["taskhandler.stripped"]`` (their lower-case names).
 
-def _header_lookup(headers: Iterable[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
-    """``lower-case name -> value`` over ASGI headers; copies joined with ``,`` as WSGI servers do.
+    Example::
 
-    Names are compared in their exact dash spelling (any case): an ``_`` spelling of a
-    forwarding header is never read. The headers are grouped on the first look-up only
-    (strict trust without proxies looks up little), in one pass however many lines came.
+        app = Starlette(routes=[Route("/tasks/count", update_counter, methods=["POST"])])
+        app = TaskMiddleware(app, config=load_app_yaml("app.yaml"))
     """
-    grouped: dict[str, str] | None = None
 
-    def header(name: str) -> str | None:
-        nonlocal grouped
-        if grouped is None:
+    app: ASGIApplication
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
+            return
+        settings = self.settings
+        outer = scope.get(STATE_KEY)
+        user = LazyUser(settings.authenticator, functools.partial(request_info, scope))
+        if not settings.decides_plain_requests and (outer is not None or not _marked(scope)):
+            # No task header, no rule, no page: nothing to decide.
+            if outer is None:
+                scope[STATE_KEY] = RequestState(settings, NOTHING_DECIDED, user)
+            await self.app(scope, receive, send)
+            return
+
+        view = request_view(scope, self.app)
+
+        # The authenticator's own pages (sign-in, sign-out) answer before anything else.
+        if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
+            page, receive = await serve_page(settings, scope, receive)
+            if page is not None:
+                await respond(send, page)
+                return
+
+        # Steps 1-4: who is asking, which headers go, the access rules, the task.
+        decision: Decision
+        if isinstance(outer, RequestState):  # an outer TaskMiddleware decided trust already
+            decision = decide_nested(view, settings, outer)
+        else:
+            decision = decide(view, settings, user)
+            scope[STATE_KEY] = RequestState(settings, decision, user)
+            remove_headers(scope, decision)
+        if decision.refusal is not None:
+            await respond(send, refusal_response(decision.refusal))
+            return
+
+        # Steps 5-6: a task runs under its deadline, and its outcome becomes the status.
+        if decision.context is None or outer is not None:
+            await self.app(scope, receive, send)
+            return
+        await run_task(self.app, scope, receive, send, decision.context, settings)
+
+
+# -- scope -> request view ----------------------------------------------------------------
+
+
+class _Names(NamedTuple):
+    """The header names of note: task headers in any spelling, ``_`` forwarding spellings."""
+
+    task: frozenset[bytes]
+    odd: frozenset[bytes]
+
+
+@functools.lru_cache(maxsize=512)
+def _classify_names(names: frozenset[bytes]) -> _Names:
+    """Sort a request's header names; a server sends the same names request after request."""
+    task: set[bytes] = set()
+    odd: set[bytes] = set()
+    for name in names:
+        lowered = _text(name).lower()
+        folded = lowered.replace("_", "-")
+        if folded.startswith(TASK_HEADER_PREFIXES):
+            task.add(name)
+        elif folded in FORWARDING_HEADERS and folded != lowered:
+            odd.add(name)  # x_forwarded_for: never read, always removed
+    return _Names(frozenset(task), frozenset(odd))
+
+
+def _names(scope: Scope) -> _Names:
+    if not isinstance(scope["headers"], list | tuple):  # ASGI promises an iterable only
+        scope["headers"] = list(scope["headers"])
+    names = frozenset(bytes(name) for name, _ in scope["headers"])
+    if len(names) > 256:  # not worth keeping: a request like no other
+        return _classify_names.__wrapped__(names)
+    return _classify_names(names)
+
+
+def _marked(scope: Scope) -> bool:
+    """True when the request has a task header or an odd forwarding header spelling."""
+    names = _names(scope)
+    return bool(names.task or names.odd)
+
+
+def request_view(scope: Scope, app: Any = None) -> RequestView:
+    """The request as the steps of the request path see it.
+
+    ``app`` is the wrapped app: a ``root_path`` of its own (``FastAPI(root_path=...)``)
+    is a mount prefix it strips before routing.
+    """
+    names = _names(scope)
+    path, path_error = _text_path(scope)
+    own_root = getattr(app, "root_path", "")
+    prefixes = tuple(
+        p for p in (scope.get("root_path") or "", own_root) if isinstance(p, str) and p
+    )
+    headers = scope["headers"]
+    return RequestView(
+        peer=scope["client"][0] if scope.get("client") else None,
+        method=scope.get("method", "GET"),
+        scheme=scope.get("scheme", "http"),
+        host=_host(scope),
+        path=path,
+        path_error=path_error,
+        prefixes=prefixes,
+        query_string=_text(scope.get("query_string", b"")),
+        headers=_Headers(headers),
+        task_headers=tuple(
+            SentHeader(_text(n), _text(n).lower().replace("_", "-"), _text(v))
+            for n, v in headers
+            if bytes(n) in names.task
+        ),
+        odd_headers=tuple(
+            SentHeader(_text(n), _text(n).lower().replace("_", "-"), _text(v))
+            for n, v in headers
+            if bytes(n) in names.odd
+        ),
+    )
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The protocol-neutral view of an ASGI request (for authenticators)."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in scope.get("headers", ()):
+        grouped.setdefault(_text(name).lower().replace("_", "-"), []).append(_text(value))
+    headers = {key: ", ".join(values) for key, values in grouped.items()}
+    path, _ = _text_path(scope)
+    client = scope.get("client")
+    return RequestInfo(
+        method=scope.get("method", "GET"),
+        scheme=scope.get("scheme", "http"),
+        host=_host(scope),
+        path=path or "/",
+        query_string=_text(scope.get("query_string", b"")),
+        headers=headers,
+        cookies=dict(parse_cookie(headers.get("cookie", ""))),
+        client=client[0] if client else None,
+    )
+
+
+class _Headers(Mapping[str, str]):
+    """The scope's headers by lower-case name, exact spelling, copies joined with ``,``.
+
+    Grouped on first use, in one pass however many lines came.
+    """
+
+    __slots__ = ("_grouped", "_headers")
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+        self._grouped: dict[str, str] | None = None
+
+    def _group(self) -> dict[str, str]:
+        if self._grouped is None:
             lists: dict[str, list[str]] = {}
-            for key, value in headers:
-                lists.setdefault(_text(key).lower(), []).append(_text(value))
-            grouped = {key: ",".join(values) for key, values in lists.items()}
-        return grouped.get(name)
+            for name, value in self._headers:
+                lists.setdefault(_text(name).lower(), []).append(_text(value))
+            self._grouped = {name: ",".join(values) for name, values in lists.items()}
+        return self._grouped
 
-    return header
+    def __getitem__(self, name: str) -> str:
+        return self._group()[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._group())
 
-@dataclass(frozen=True, slots=True)
-class _HeaderPlan:
-    """What a request's header names alone say about its task and forwarding headers."""
-
-    task: tuple[int, ...]
-    """Positions in ``scope["headers"]`` of every task header, every spelling and copy."""
-    stripped: tuple[str, ...]
-    """Their names, lower case, ``_`` spelled ``-``, each once (``taskhandler.stripped``)."""
-    kept: tuple[int, ...]
-    """Positions of the headers an untrusted request keeps."""
-    fields: FieldPlan | None
-    """How to parse them; ``None`` when a name comes twice or a field in both spellings."""
-    odd: tuple[int, ...] = ()
-    """Positions of ``_`` spellings of forwarding headers: removed from every request."""
-    odd_stripped: tuple[str, ...] = ()
-    """Their names, lower case, as sent."""
-    kept_trusted: tuple[int, ...] = ()
-    """Positions of the headers a trusted request keeps (all but ``odd``)."""
+    def __len__(self) -> int:
+        return len(self._group())
 
 
-_NO_TASK_HEADERS = _HeaderPlan((), (), (), None)
-# A server sends the same header names request after request: plans are kept by the exact
-# names, up to a bound (a client inventing names each time only ever misses).
-_PLANS: dict[tuple[bytes, ...], _HeaderPlan] = {}
-_PLANS_MAX = 512
-_PLAN_NAMES_MAX = 4096  # longer names all told (many or long headers) are not kept
+def _text_path(scope: Scope) -> tuple[str, str | None]:
+    """The full request path as text, or the reason it cannot be used.
 
-
-def _plan(headers: Sequence[tuple[bytes, bytes]]) -> _HeaderPlan:
-    names = tuple([pair[0] for pair in headers])
+    ``scope["path"]`` already holds the percent-decoded path the app routes, including
+    ``root_path`` (uvicorn, Starlette); for a server that keeps ``root_path`` apart it is
+    prepended. Servers decode undecodable bytes to U+FFFD, which would let two different
+    URLs look alike, so when one appears ``raw_path`` is decoded strictly.
+    """
+    path = scope.get("path")
+    if not isinstance(path, str):
+        return "", "request path is missing"
+    root = scope.get("root_path") or ""
+    if root and not path.startswith(root):
+        path = root + path
+    if "\ufffd" in path:
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes):
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                return "", "request path is not valid UTF-8"
     try:
-        plan = _PLANS.get(names)
-    except TypeError:  # a name that is not bytes (a bytearray): judged on its own, not kept
-        return _make_plan(names)
-    if plan is None:
-        plan = _make_plan(names)
-        if sum(map(len, names)) <= _PLAN_NAMES_MAX:
-            if len(_PLANS) >= _PLANS_MAX:
-                _PLANS.clear()
-            _PLANS[names] = plan
-    return plan
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "", "request path is not valid UTF-8"
+    return path, None
 
 
-def _make_plan(names: tuple[bytes, ...]) -> _HeaderPlan:
-    lowered = [_text(name).lower() for name in names]
-    normalized = [name.replace("_", "-") for name in lowered]
-    task = tuple(i for i, name in enumerate(normalized) if name.startswith(TASK_HEADER_PREFIXES))
-    odd = tuple(
-        i for i, name in enumerate(normalized) if name in FORWARDING_HEADERS and name != lowered[i]
-    )
-    if not task and not odd:
-        return _NO_TASK_HEADERS
-    spelled = [normalized[i] for i in task]
-    stripped = tuple(dict.fromkeys(spelled))
-    fields = FieldPlan.of(spelled) if len(stripped) == len(spelled) else None
-    is_task, is_odd = set(task), set(odd)
-    return _HeaderPlan(
-        task,
-        stripped,
-        tuple(i for i in range(len(names)) if i not in is_task and i not in is_odd),
-        fields,
-        odd,
-        tuple(dict.fromkeys(lowered[i] for i in odd)),
-        tuple(i for i in range(len(names)) if i not in is_odd),
-    )
-
-
-def _task_fields(
-    headers: Sequence[tuple[bytes, bytes]], plan: _HeaderPlan
-) -> dict[str, Any] | None:
-    """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
-    if plan.fields is not None:
-        return plan.fields.parse(
-            {name: _text(headers[i][1]) for name, i in zip(plan.stripped, plan.task, strict=True)}
-        )
-    # Copies of one name (and its "_" spelling) are joined and refused, as in WSGI.
-    return parse_task_headers(
-        collect((_text(headers[i][0]), _text(headers[i][1])) for i in plan.task)
-    )
+def _app_path(scope: Scope) -> str:
+    """The path below ``root_path`` (``PATH_INFO`` in WSGI terms)."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _host(scope: Scope) -> str:
@@ -208,89 +337,47 @@ def _host(scope: Scope) -> str:
     return str(name) if int(port) == default else f"{name}:{port}"
 
 
-def request_path(scope: Scope) -> str | Refusal:
-    """The full request path of an ASGI request as text, or a 400 :class:`Refusal`.
-
-    ``scope["path"]`` already holds the percent-decoded path the app routes, including
-    ``root_path`` (uvicorn, Starlette); for a server that keeps ``root_path`` apart it is
-    prepended. Servers decode undecodable bytes to U+FFFD, which would let two different
-    URLs look alike, so when one appears ``raw_path`` is decoded strictly: not UTF-8 -> 400,
-    the same answer the WSGI middleware gives.
-
-    Example::
-
-        >>> request_path({"path": "/tasks/t\\u00e2che", "root_path": ""})
-        '/tasks/tâche'
-    """
-    path = scope.get("path")
-    if not isinstance(path, str):
-        return Refusal(400, "request path is missing")
-    root = scope.get("root_path") or ""
-    if root and not path.startswith(root):
-        path = root + path
-    if "\ufffd" in path:
-        raw = scope.get("raw_path")
-        if isinstance(raw, bytes):
-            try:
-                unquote_to_bytes(raw).decode("utf-8")
-            except UnicodeDecodeError:
-                return Refusal(400, "request path is not valid UTF-8")
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return Refusal(400, "request path is not valid UTF-8")
-    return path
+def _text(value: bytes) -> str:
+    return bytes(value).decode("latin-1")
 
 
-def _app_path(scope: Scope) -> str:
-    """The path below ``root_path`` (``PATH_INFO`` in WSGI terms)."""
-    path: str = scope.get("path", "")
-    root = scope.get("root_path") or ""
-    return path[len(root) :] if root and path.startswith(root) else path
+# -- decision -> scope and response -------------------------------------------------------
 
 
-def request_info(scope: Scope) -> RequestInfo:
-    """The protocol-neutral view of an ASGI request (for authenticators)."""
-    grouped: dict[str, list[str]] = {}
-    for name, value in scope.get("headers", ()):
-        grouped.setdefault(_norm(name), []).append(_text(value))
-    headers = {key: ", ".join(values) for key, values in grouped.items()}
-    path = request_path(scope)
-    client = scope.get("client")
-    return RequestInfo(
-        method=scope.get("method", "GET"),
-        scheme=scope.get("scheme", "http"),
-        host=_host(scope),
-        path=path if isinstance(path, str) else "/",
-        query_string=_text(scope.get("query_string", b"")),
-        headers=headers,
-        cookies=dict(parse_cookie(headers.get("cookie", ""))),
-        client=client[0] if client else None,
-    )
+def remove_headers(scope: Scope, decision: Decision) -> None:
+    """Step 2 applied: the removed headers are gone, their names kept for the app to see."""
+    if not decision.remove:
+        return
+    keys = {header.key for header in decision.remove}
+    scope["headers"] = [(n, v) for n, v in scope["headers"] if _text(n) not in keys]
+    scope[STRIPPED_KEY] = list(decision.removed_names)
 
 
-def _locate(scope: Scope, own_root: str) -> Location:
-    """Where the request goes, with the mount prefixes the app may strip before routing."""
-    root = scope.get("root_path") or ""
-    prefixes = tuple(p for p in (root, own_root) if isinstance(p, str) and p)
-    return Location(
-        request_path(scope),
-        scope.get("scheme", "http"),
-        _host(scope),
-        _text(scope.get("query_string", b"")),
-        prefixes,
-    )
-
-
-async def _respond(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+async def respond(send: Send, response: Response) -> None:
+    """Answer with a response the middleware made itself."""
     await send(
         {
             "type": "http.response.start",
-            "status": status,
-            "headers": [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+            "status": response.status,
+            "headers": [
+                (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in response.headers
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def serve_page(
+    settings: Settings, scope: Scope, receive: Receive
+) -> tuple[Response | None, Receive]:
+    """The authenticator's page for this request (or ``None``), and the ``receive`` to go on."""
+    body = await _read_all(receive, MAX_PAGE_BODY)
+    if body is None:
+        return plain_response(400, "bad or too large request body", no_store=True), receive
+    page = settings.authenticator.serve(request_info(scope), body)  # type: ignore[union-attr]
+    if page is None:
+        return None, _replay(body, receive)  # the app still reads the body
+    return Response(page.status, tuple(page.headers), page.body), receive
 
 
 async def _read_all(receive: Receive, limit: int) -> bytes | None:
@@ -327,137 +414,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-class TaskMiddleware(MiddlewareBase):
-    """Trust, strip, protect, describe, time and answer task requests for an ASGI app.
-
-    The same keywords and the same decisions as :class:`taskhandler.wsgi.TaskMiddleware`.
-
-    Args:
-        app: the ASGI application to wrap (Starlette, FastAPI, any ASGI 3 app).
-        trust: who may send task headers (default: the queue's address 0.1.0.2 only).
-        config: access rules and task deadline, e.g. ``load_app_yaml("app.yaml")``.
-        authenticator: ``RequestInfo -> User | None``; admins may send task headers and
-            pass ``login: admin``.
-        deadline: task deadline in seconds (overrides the config's; default 600).
-        grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
-
-    Per request it puts ``scope["taskhandler.state"]`` (a ``RequestState``) and, for a
-    stripped request, ``scope["taskhandler.stripped"]`` (the lower-case, dash-spelled names
-    removed).
-
-    Example::
-
-        app = Starlette(routes=[Route("/tasks/count", update_counter, methods=["POST"])])
-        app = TaskMiddleware(app, config=load_app_yaml("app.yaml"))
-    """
-
-    app: ASGIApplication
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
-            return
-        outer = scope.get(STATE_KEY)
-        if isinstance(outer, RequestState):
-            await self._nested(outer, scope, receive, send)
-            return
-        settings = self.settings
-        state = RequestState(settings, request_info, scope)
-        scope[STATE_KEY] = state
-        headers = scope["headers"]
-        if not isinstance(headers, list | tuple):  # ASGI promises an iterable; plans index it
-            headers = scope["headers"] = list(headers)
-        plan = _plan(headers)
-        if plan.odd:
-            # "_" spellings of forwarding headers are never read, whoever sent them.
-            scope["headers"] = [headers[i] for i in plan.kept_trusted]
-            scope[STRIPPED_KEY] = list(plan.odd_stripped)
-            state.stripped = plan.odd_stripped
-        if not plan.task and self._plain_fast:
-            await self.app(scope, receive, send)  # the common case: nothing to decide
-            return
-
-        if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
-            go_on = await self._auth_page(scope, receive, send, state)
-            if go_on is None:
-                return
-            receive = go_on
-
-        refusal, strip = decide(
-            state,
-            peer=scope["client"][0] if scope.get("client") else None,
-            task_fields=(lambda: _task_fields(headers, plan)) if plan.task else None,
-            header=_header_lookup(scope["headers"]),
-            locate=lambda: _locate(scope, self._own_root),
-        )
-        if strip:
-            # A new list: the caller's is left as it was.
-            scope["headers"] = [headers[i] for i in plan.kept]
-            scope[STRIPPED_KEY] = [*plan.odd_stripped, *plan.stripped]
-            state.stripped = (*plan.odd_stripped, *plan.stripped)
-        if refusal is not None:
-            extra, body = refusal_body(refusal)
-            await _respond(send, refusal.status, extra, body)
-            return
-        if state.context is None:
-            await self.app(scope, receive, send)
-            return
-        await run_task(self.app, scope, receive, send, state.context, settings)
-
-    @property
-    def _own_root(self) -> str:
-        """A ``root_path`` the wrapped app strips by itself (``FastAPI(root_path=...)``)."""
-        root = getattr(self.app, "root_path", "")
-        return root if isinstance(root, str) else ""
-
-    async def _nested(
-        self, outer: RequestState, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Inside another ``TaskMiddleware``: its trust decision stands, these rules apply too.
-
-        One decision per request about trust and stripping, the outermost one; but this
-        layer's access rules, authenticator and sign-in pages still guard what is behind it.
-        """
-        settings = self.settings
-        if not settings.rules and not settings.serves_pages:
-            await self.app(scope, receive, send)
-            return
-        state = outer.inner(settings)
-        if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
-            go_on = await self._auth_page(scope, receive, send, state)
-            if go_on is None:
-                return
-            receive = go_on
-        if settings.rules:
-            refusal, _ = check_rules(
-                state,
-                scope["client"][0] if scope.get("client") else None,
-                _header_lookup(scope["headers"]),
-                lambda: _locate(scope, self._own_root),
-            )
-            if refusal is not None:
-                extra, body = refusal_body(refusal)
-                await _respond(send, refusal.status, extra, body)
-                return
-        await self.app(scope, receive, send)
-
-    async def _auth_page(
-        self, scope: Scope, receive: Receive, send: Send, state: RequestState
-    ) -> Receive | None:
-        """Serve the authenticator's sign-in/out page; the ``receive`` to go on with, or None."""
-        serve = getattr(self.settings.authenticator, "serve", None)
-        if serve is None:
-            return receive
-        body = await _read_all(receive, _MAX_PAGE_BODY)
-        if body is None:
-            extra, text = refusal_body(Refusal(400, "bad or too large request body"))
-            await _respond(send, 400, extra, text)
-            return None
-        page = serve(state.request_info(), body)
-        if page is None:
-            return _replay(body, receive)
-        await _respond(send, page.status, list(page.headers), page.body)
-        return None
+# -- steps 5 and 6: the task runs --------------------------------------------------------
 
 
 async def run_task(
@@ -506,23 +463,16 @@ async def run_task(
     finally:
         _current_task.reset(token)
 
-    def path() -> str:
-        found = request_path(scope)
-        return found if isinstance(found, str) else str(scope.get("path", ""))
-
+    path = functools.partial(_log_path, scope)
     result = conclude(ctx, result, armed, path)
     if result is not None:
-        await _plain(send, result)
+        await respond(send, failure_response(result))
         return
 
     message = start[0]
     status = int(message.get("status", 500))
     headers = list(message.get("headers", ()))
-    declared = None
-    for name, value in headers:
-        if name.lower() == _OUTCOME_NAME:
-            declared = _text(value)
-            break
+    declared = next((_text(v) for n, v in headers if n.lower() == _OUTCOME_NAME), None)
     outcome = app_outcome(ctx, status, declared, armed, path)
     if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
@@ -543,20 +493,21 @@ async def run_task(
             await send(other)  # trailers and the like, after the body
 
 
-async def _plain(send: Send, result: Result) -> None:
-    headers, body = failure_response(result)
-    await _respond(send, result.status, headers, body)
+def _log_path(scope: Scope) -> str:
+    """The request path for the log record (worked out only if a record is written)."""
+    path, _ = _text_path(scope)
+    return path or str(scope.get("path", ""))
 
 
-# -- @task_handler on async def functions --------------------------------------------------
+# -- @task_handler on an ASGI request -----------------------------------------------------
 
 
-async def handle_asgi(handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    """Serve a :class:`taskhandler.handler.TaskHandler` as an ASGI application.
+async def serve_handler(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve a ``@task_handler`` (SPEC §7): admit the request, then run the handler.
 
     Behind a ``TaskMiddleware`` it uses the middleware's decision; on its own it applies
-    the handler's ``trust=``/``config=`` options through a middleware of its own.
-    ``lifespan`` is answered (nothing to start); a websocket is closed.
+    the handler's ``trust=``/``config=`` through a middleware of its own. ``lifespan`` is
+    answered (nothing to start); a websocket is closed.
     """
     kind = scope["type"]
     if kind == "lifespan":
@@ -565,14 +516,20 @@ async def handle_asgi(handler: Any, scope: Scope, receive: Receive, send: Send) 
     if kind != "http":
         await send({"type": "websocket.close", "code": 1008})
         return
-    if isinstance(scope.get(STATE_KEY), RequestState):
-        await _gate(handler, scope, receive, send)
+    state = scope.get(STATE_KEY)
+    if not isinstance(state, RequestState):
+        inner = functools.partial(serve_handler, handler)
+        await TaskMiddleware.with_settings(inner, handler.settings)(scope, receive, send)
         return
-    standalone = handler.__dict__.get("_asgi_standalone")
-    if standalone is None:
-        standalone = TaskMiddleware(functools.partial(_gate, handler), **handler._options)
-        handler.__dict__["_asgi_standalone"] = standalone
-    await standalone(scope, receive, send)
+    admitted = admit(handler, state)
+    if isinstance(admitted, Response):
+        await respond(send, admitted)
+        return
+    run = functools.partial(_call_handler, handler)
+    if admitted is state.context:
+        await run(scope, receive, send)  # the middleware runs it under the deadline
+        return
+    await run_task(run, scope, receive, send, admitted, state.settings)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -585,62 +542,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _gate(handler: Any, scope: Scope, receive: Receive, send: Send) -> None:
-    """Refuse a request that is not a trusted task; give an admin a synthetic context."""
-    state: RequestState = scope[STATE_KEY]
-    if state.context is not None:
-        await _run(handler, state.context, scope, receive, send)
-        return
-    if state.trusted_by == "development" or state.is_admin():
-        ctx = synthetic_context(
-            "development" if state.trusted_by == "development" else "admin",
-            f"manual-{uuid.uuid4().hex}",
-        )
-        state.context = ctx
-        await run_task(
-            functools.partial(_run, handler, ctx), scope, receive, send, ctx, state.settings
-        )
-        return
-    log.warning(
-        "task handler %s refused a request that is not a task",
-        getattr(handler.func, "__qualname__", handler.func),
-    )
-    await _respond(
-        send,
-        403,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(_NOT_A_TASK))),
-            (OUTCOME_HEADER, "rejected"),
-        ],
-        _NOT_A_TASK,
-    )
-
-
-async def _run(handler: Any, ctx: TaskContext, scope: Scope, receive: Receive, send: Send) -> None:
-    from .handler import PayloadError, finish, parse_payload, render
-
+async def _call_handler(handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """Call the handler function with its arguments and answer with what it gave."""
+    ctx = _current_task.get()
+    assert ctx is not None, "run_task publishes the context first"
     try:
-        args: tuple[Any, ...] = (ctx,)
-        if handler.payload is not None:
-            header = _header_lookup(scope["headers"])
-            try:
-                length = int(header("content-length") or 0)
-            except ValueError:
-                raise PayloadError("bad Content-Length") from None
-            body = None if length > MAX_BODY else await _read_all(receive, MAX_BODY)
-            if body is None:
-                raise PayloadError(f"body larger than {MAX_BODY} bytes")
-            args = (
-                ctx,
-                parse_payload(
-                    handler.payload,
-                    scope.get("method", "GET"),
-                    header("content-type") or "",
-                    body,
-                    _text(scope.get("query_string", b"")),
-                ),
-            )
+        args = await _arguments(handler, ctx, scope, receive)
         if handler.is_async:
             value = await handler.func(*args)
         else:
@@ -649,33 +556,44 @@ async def _run(handler: Any, ctx: TaskContext, scope: Scope, receive: Receive, s
             value = await asyncio.to_thread(_in_thread, handler.func, args, ctx)
         rendered = render(value)
     except PayloadError as exc:
-        await _plain(send, finish(handler, ctx, PermanentTaskFailure(str(exc))))
+        await respond(send, failure_answer(handler, ctx, PermanentTaskFailure(str(exc))))
         return
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
-        if isinstance(exc, Exception) and not isinstance(exc, RetryTask | PermanentTaskFailure):
-            log.error("task %s/%s raised", ctx.queue_name, ctx.task_name, exc_info=exc)
-        await _plain(send, finish(handler, ctx, exc))
+        await respond(send, failure_answer(handler, ctx, exc))
         return
     if not callable(rendered):
-        status, headers, body = rendered
-        await _respond(
-            send,
-            status,
-            [
-                *headers,
-                ("Content-Length", str(len(body))),
-                (OUTCOME_HEADER, outcome_for_status(status)),
-            ],
-            body,
-        )
+        await respond(send, rendered_answer(*rendered))
         return
     response: Any = rendered
     if inspect.iscoroutinefunction(type(response).__call__):
         await response(scope, receive, _with_outcome(send))  # a Starlette/FastAPI response
         return
     await _send_wsgi_response(response, scope, send)
+
+
+async def _arguments(
+    handler: Handler, ctx: TaskContext, scope: Scope, receive: Receive
+) -> tuple[Any, ...]:
+    if handler.payload is None:
+        return (ctx,)
+    headers = _Headers(scope["headers"])
+    try:
+        length = int(headers.get("content-length") or 0)
+    except ValueError:
+        raise PayloadError("bad Content-Length") from None
+    body = None if length > MAX_BODY else await _read_all(receive, MAX_BODY)
+    if body is None:
+        raise PayloadError(f"body larger than {MAX_BODY} bytes")
+    payload = parse_payload(
+        handler.payload,
+        scope.get("method", "GET"),
+        headers.get("content-type") or "",
+        body,
+        _text(scope.get("query_string", b"")),
+    )
+    return ctx, payload
 
 
 def _in_thread(func: Callable[..., Any], args: tuple[Any, ...], ctx: TaskContext) -> Any:
@@ -698,6 +616,8 @@ def _in_thread(func: Callable[..., Any], args: tuple[Any, ...], ctx: TaskContext
 
 
 def _with_outcome(send: Send) -> Send:
+    """A ``send`` that adds ``X-Task-Outcome`` when the response has none."""
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
@@ -712,12 +632,6 @@ def _with_outcome(send: Send) -> Send:
 
 async def _send_wsgi_response(response: Any, scope: Scope, send: Send) -> None:
     """Send a werkzeug/webob response object (a WSGI app) an async handler returned."""
-    captured: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        captured[:] = [status, headers]
-        return lambda data: None
-
     environ = {
         "REQUEST_METHOD": scope.get("method", "GET"),
         "SCRIPT_NAME": "",
@@ -728,20 +642,12 @@ async def _send_wsgi_response(response: Any, scope: Scope, send: Send) -> None:
         "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.url_scheme": scope.get("scheme", "http"),
     }
-    chunks = response(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    status = int(str(captured[0]).split(" ", 1)[0])
-    headers = [(n, v) for n, v in captured[1] if n.lower() != OUTCOME_HEADER_LOWER]
-    outcome = next(
-        (v for n, v in captured[1] if n.lower() == OUTCOME_HEADER_LOWER),
-        outcome_for_status(status),
-    )
-    await _respond(send, status, [*headers, (OUTCOME_HEADER, outcome)], body)
+    status_text, headers, body = call_wsgi(response, environ)
+    status = int(status_text.split(" ", 1)[0])
+    declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER.lower()), None)
+    kept = [(n, v) for n, v in headers if n.lower() != OUTCOME_HEADER.lower()]
+    outcome = declared if declared is not None else outcome_for_status(status)
+    await respond(send, Response(status, (*kept, (OUTCOME_HEADER, outcome)), body))
 
 
 def endpoint(handler: Any) -> Callable[..., Any]:
@@ -768,7 +674,7 @@ def endpoint(handler: Any) -> Callable[..., Any]:
             super().__init__()
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            await handle_asgi(handler, scope, receive, send)
+            await serve_handler(handler, scope, receive, send)
 
     async def run(request: Request) -> Response:
         return HandlerResponse()

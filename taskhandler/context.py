@@ -5,8 +5,8 @@ Pure: standard library and pydantic only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextvars import ContextVar, Token
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Annotated, Any, Protocol
 
@@ -71,29 +71,27 @@ class TaskContext(BaseModel):
 
     @classmethod
     def from_headers(
-        cls, headers: Mapping[str, str], *, trusted_by: TrustedBy = "queue"
+        cls,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        *,
+        trusted_by: TrustedBy = "queue",
     ) -> TaskContext:
-        """Parse task headers (case-insensitive names, ``X-AppEngine-`` or ``X-CloudTasks-``).
+        """Parse task headers: the one place they are parsed (SPEC §2).
+
+        Args:
+            headers: a mapping or ``(name, value)`` pairs; names in any case, with
+                ``X-AppEngine-`` or ``X-CloudTasks-``; a name given twice (in any spelling)
+                is two header lines, which the parser refuses.
+            trusted_by: how the caller came to believe the headers.
 
         Raises:
             InvalidTaskHeaders: a ``ValueError`` naming the header and the bad value.
         """
-        return cls._from_parsed(parse_task_fields(collect(headers.items())), trusted_by)
-
-    @classmethod
-    def _from_parsed(cls, fields: dict[str, Any], trusted_by: TrustedBy) -> TaskContext:
-        """Build from :func:`parse_task_fields` output, whose grammar is stricter than the model's.
-
-        Skips pydantic's validation on this hot path (it would re-check what the header
-        parser just proved); the round-trip tests hold it equal to a validated instance.
-        """
-        fields["trusted_by"] = trusted_by
-        ctx = _new(cls)
-        _set(ctx, "__dict__", fields)
-        _set_fields_set(ctx, set(_ALL_FIELDS))
-        _set_extra(ctx, None)
-        _set_private(ctx, {"_deadline": None})
-        return ctx
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        fields = parse_task_fields(collect(pairs))
+        # The header grammar is stricter than the model's, so there is nothing left for
+        # pydantic to check: construct without validating again.
+        return cls.model_construct(**fields, trusted_by=trusted_by)
 
     def to_headers(self, *, cloud_tasks: bool = False) -> dict[str, str]:
         """The headers a queue sends for this task (``X-CloudTasks-*`` for HTTP targets)."""
@@ -153,27 +151,9 @@ class TaskContext(BaseModel):
         return hash(self._key())
 
 
-_ALL_FIELDS = frozenset(TaskContext.model_fields)
-# What pydantic's own constructor sets on an instance, set directly (see _from_parsed).
-_new = object.__new__
-_set = object.__setattr__
-_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-
 _current: ContextVar[TaskContext | None] = ContextVar("taskhandler_current_task", default=None)
 
 
 def current_task() -> TaskContext | None:
     """The context of the task request handled in this thread or asyncio task, else None."""
     return _current.get()
-
-
-def set_current(ctx: TaskContext | None) -> Token[TaskContext | None]:
-    """Publish ``ctx`` as the current task; give the token back to :func:`reset_current`."""
-    return _current.set(ctx)
-
-
-def reset_current(token: Token[TaskContext | None]) -> None:
-    """Undo :func:`set_current`."""
-    _current.reset(token)

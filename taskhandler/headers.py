@@ -7,10 +7,8 @@ does, so every value is checked against one narrow grammar and refused otherwise
 from __future__ import annotations
 
 import functools
-import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,25 +17,19 @@ from .exceptions import InvalidTaskHeaders
 __all__ = [
     "APPENGINE",
     "CLOUDTASKS",
-    "ENVIRON_PREFIXES",
     "FIELD_SUFFIXES",
     "TASK_HEADER_PREFIXES",
-    "FieldPlan",
-    "fields_of",
+    "collect",
+    "describes_a_task",
     "format_eta",
-    "is_task_header",
     "normalize_name",
-    "parse_fields",
     "parse_task_fields",
-    "parse_task_headers",
 ]
 
 APPENGINE = "X-AppEngine-"
 CLOUDTASKS = "X-CloudTasks-"
 # Compared after lower() and "_" -> "-": the spelling a server may or may not fold.
 TASK_HEADER_PREFIXES = ("x-appengine-", "x-cloudtasks-")
-# PEP 3333 environ keys: HTTP_ + upper-case name with "-" turned into "_".
-ENVIRON_PREFIXES = ("HTTP_X_APPENGINE_", "HTTP_X_CLOUDTASKS_")
 
 # TaskContext field -> header suffix. Cloud Tasks HTTP targets have no FailFast.
 FIELD_SUFFIXES: dict[str, str] = {
@@ -50,7 +42,6 @@ FIELD_SUFFIXES: dict[str, str] = {
     "retry_reason": "TaskRetryReason",
     "fail_fast": "FailFast",
 }
-_LOWER = {field: suffix.lower() for field, suffix in FIELD_SUFFIXES.items()}
 
 _NAME = r"[A-Za-z0-9_-]{1,500}"
 _QUEUE_RE = re.compile(rf"(?:projects/[^/]+/locations/[^/]+/queues/)?({_NAME})")
@@ -62,11 +53,6 @@ _MAX_TEXT = 2000
 def normalize_name(name: str) -> str:
     """Lower-case a header name and spell ``_`` as ``-``: how two servers may disagree."""
     return name.lower().replace("_", "-")
-
-
-def is_task_header(name: str) -> bool:
-    """True for any spelling of an ``X-AppEngine-*`` or ``X-CloudTasks-*`` header name."""
-    return normalize_name(name).startswith(TASK_HEADER_PREFIXES)
 
 
 def _check_text(name: str, value: str) -> None:
@@ -113,12 +99,8 @@ def _name(value: str, name_of: NameOf, field: str, pattern: re.Pattern[str]) -> 
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_UTC = timezone.utc
+
 _MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last datetime
-# Up to 3,999,999,999 s (below 2**32) with at most six decimals: a double resolves a
-# microsecond there with room to spare, and float() rounds to the nearest double, so
-# fromtimestamp(float(value)) lands on the exact microsecond. The rest take the long road.
-_SHORT_ETA_RE = re.compile(r"[0-3]?[0-9]{1,9}(?:\.[0-9]{1,6})?")
 
 
 def _eta(value: str, name_of: NameOf) -> datetime | None:
@@ -148,21 +130,16 @@ def format_eta(eta: datetime) -> str:
     return f"{whole}.{delta.microseconds:06d}"
 
 
-# header name -> field and header name -> canonical spelling, for the lower-case dash
-# spelling and for the WSGI environ key spelling (HTTP_X_APPENGINE_QUEUENAME), so WSGI
-# needs no renaming pass.
+# Lower-case dash-spelled header name -> TaskContext field, and -> canonical spelling.
 _FIELD_OF: dict[str, str] = {}
 _CANONICAL_OF: dict[str, str] = {}
 for _field, _suffix in FIELD_SUFFIXES.items():
     for _prefix, _family in (("x-appengine-", APPENGINE), ("x-cloudtasks-", CLOUDTASKS)):
         if _field == "fail_fast" and _family == CLOUDTASKS:
             continue
-        _lower = _prefix + _suffix.lower()
-        for _spelling in (_lower, "HTTP_" + _lower.upper().replace("-", "_")):
-            _FIELD_OF[_spelling] = _field
-            _CANONICAL_OF[_spelling] = _family + _suffix
+        _FIELD_OF[_prefix + _suffix.lower()] = _field
+        _CANONICAL_OF[_prefix + _suffix.lower()] = _family + _suffix
 TASK_FIELD_NAMES = frozenset(_FIELD_OF)
-_PLAIN_NAME_RE = re.compile(_NAME)
 
 
 def _header_of(values: Mapping[str, str], field: str) -> str:
@@ -200,17 +177,16 @@ def collect(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {key: ",".join(values) for key, values in grouped.items()}
 
 
-def has_task_fields(values: Mapping[str, str]) -> bool:
-    """True when any header that describes a task (QueueName, TaskName, ...) is present."""
-    return not TASK_FIELD_NAMES.isdisjoint(values)
+def describes_a_task(names: Iterable[str]) -> bool:
+    """True when any of these header names (lower case, dash-spelled) describes a task.
+
+    ``X-AppEngine-Country`` and the like are task-prefixed but say nothing about a task.
+    """
+    return not TASK_FIELD_NAMES.isdisjoint(names)
 
 
-def fields_of(values: Mapping[str, str]) -> dict[str, str]:
+def _fields_of(values: Mapping[str, str]) -> dict[str, str]:
     """Task header values by ``TaskContext`` field; other ``X-AppEngine-*`` headers are left out.
-
-    Args:
-        values: header name -> value, names either lower-case dash-spelled (see
-            :func:`collect`) or WSGI environ keys (``HTTP_X_APPENGINE_QUEUENAME``).
 
     Raises:
         InvalidTaskHeaders: two spellings of one field (``X-AppEngine-`` and
@@ -228,143 +204,18 @@ def fields_of(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_task_fields(values: Mapping[str, str]) -> dict[str, Any]:
-    """Parse normalised task headers into ``TaskContext`` field values.
+    """Parse task headers into ``TaskContext`` field values: the one parser of task headers.
 
     Args:
-        values: header name -> value, as for :func:`fields_of`.
+        values: lower-case dash-spelled header name -> value (see :func:`collect`).
 
     Raises:
         InvalidTaskHeaders: naming the header and the bad value.
     """
-    return parse_fields(fields_of(values), functools.partial(_header_of, values))
+    return _parse_fields(_fields_of(values), functools.partial(_header_of, values))
 
 
-def parse_task_headers(values: Mapping[str, str]) -> dict[str, Any] | None:
-    """:func:`parse_task_fields`, or ``None`` when no header describes a task (Country, ...)."""
-    if TASK_FIELD_NAMES.isdisjoint(values):
-        return None
-    return parse_task_fields(values)
-
-
-# The usual value of each field, as a regular expression that only admits values the
-# checks of parse_fields() accept and convert the same way (a subset of the grammar: bare
-# names, the short ETA form). A request whose values all match needs only converting.
-_USUAL = {
-    "queue_name": _NAME,
-    "task_name": _NAME,
-    "retry_count": r"[0-9]{1,10}",
-    "execution_count": r"[0-9]{1,10}",
-    "eta": _SHORT_ETA_RE.pattern,
-    "previous_response": r"[0-9]{1,10}",
-    "retry_reason": rf"[\x20-\x2b\x2d-\x7e]{{0,{_MAX_TEXT}}}",  # printable ASCII but ","
-    "fail_fast": r"[\x20-\x2b\x2d-\x7e]*",
-}
-
-
-_COUNT_FIELDS = frozenset(("retry_count", "execution_count", "previous_response"))
-# TaskContext values of the fields a request leaves out, in field order.
-_DEFAULTS: dict[str, Any] = {
-    "queue_name": None,
-    "task_name": None,
-    "retry_count": 0,
-    "execution_count": 0,
-    "eta": None,
-    "previous_response": None,
-    "retry_reason": None,
-    "fail_fast": False,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class FieldPlan:
-    """Which header names give which ``TaskContext`` field, worked out once per set of names.
-
-    A server sends the same header names request after request, so an adapter can cache
-    the plan by its names: :meth:`parse` then looks the values up in one call and checks
-    them all with one regular expression, falling back to :func:`parse_fields` (which
-    names the culprit) when any value is unusual.
-    """
-
-    fields: tuple[str, ...]
-    """The fields present, in the order their headers came."""
-    names: Mapping[str, str]
-    """field -> canonical header spelling, for messages."""
-    _get: Callable[[Mapping[str, str]], Any]
-    _usual: re.Pattern[str] | None
-    _counts: tuple[str, ...]
-    _eta: bool
-    _fail_fast: bool
-
-    @classmethod
-    def of(cls, names: Iterable[str]) -> FieldPlan | None:
-        """The plan for these header names; ``None`` when two of them give one field.
-
-        Two spellings of one field (``X-AppEngine-`` and ``X-CloudTasks-``) must be
-        compared value by value: :func:`parse_task_fields` does that. Plans are kept for
-        the last 256 sets of names.
-        """
-        return _field_plan(tuple(names))
-
-    @classmethod
-    def _make(cls, names: tuple[str, ...]) -> FieldPlan | None:
-        headers: dict[str, str] = {}
-        for name in names:
-            field = _FIELD_OF.get(name)
-            if field is None:
-                continue
-            if field in headers:
-                return None
-            headers[field] = name
-        fields = tuple(headers)
-        usual = None
-        if "queue_name" in headers and "task_name" in headers:  # else parse_fields() refuses
-            usual = re.compile("\n".join(f"(?P<{field}>{_USUAL[field]})" for field in fields))
-        getter = operator.itemgetter(*headers.values()) if len(headers) > 1 else _one(headers)
-        return cls(
-            fields,
-            {field: _CANONICAL_OF[name] for field, name in headers.items()},
-            getter,
-            usual,
-            tuple(field for field in fields if field in _COUNT_FIELDS),
-            "eta" in headers,
-            "fail_fast" in headers,
-        )
-
-    def parse(self, values: Mapping[str, str]) -> dict[str, Any] | None:
-        """:func:`parse_task_headers` for ``values`` whose names this plan was made from."""
-        if not self.fields:
-            return None
-        found: tuple[str, ...] = self._get(values)
-        usual = None if self._usual is None else self._usual.fullmatch("\n".join(found))
-        if usual is None:
-            return parse_fields(dict(zip(self.fields, found, strict=True)), self.name_of)
-        # Every value is proven usual: convert in place, over the defaults, in field order.
-        parsed: dict[str, Any] = _DEFAULTS | usual.groupdict()
-        for field in self._counts:
-            parsed[field] = int(parsed[field])
-        if self._eta:
-            parsed["eta"] = datetime.fromtimestamp(float(parsed["eta"]), _UTC)
-        if self._fail_fast:
-            parsed["fail_fast"] = parsed["fail_fast"] != ""
-        return parsed
-
-    def name_of(self, field: str) -> str:
-        """The canonical spelling of the header ``field`` came from."""
-        return self.names.get(field) or APPENGINE + FIELD_SUFFIXES[field]
-
-
-@functools.lru_cache(maxsize=256)
-def _field_plan(names: tuple[str, ...]) -> FieldPlan | None:
-    return FieldPlan._make(names)
-
-
-def _one(headers: Mapping[str, str]) -> Callable[[Mapping[str, str]], tuple[str, ...]]:
-    """The value getter for a plan of at most one header (itemgetter returns it bare)."""
-    keys = tuple(headers.values())
-    return lambda values: tuple(values[key] for key in keys)
-
-
-def parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
+def _parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
     """Parse task header values by field (see :func:`fields_of`) into ``TaskContext`` values.
 
     ``name_of(field)`` names the header a bad value came from; it is called only to raise.
@@ -382,13 +233,11 @@ def parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
     queue_name = get("queue_name")
     if queue_name is None:
         raise InvalidTaskHeaders(APPENGINE + "QueueName", None, "required header is missing")
-    if _PLAIN_NAME_RE.fullmatch(queue_name) is None:  # else the usual, bare name
-        queue_name = _name(queue_name, name_of, "queue_name", _QUEUE_RE)
+    queue_name = _name(queue_name, name_of, "queue_name", _QUEUE_RE)
     task_name = get("task_name")
     if task_name is None:
         raise InvalidTaskHeaders(APPENGINE + "TaskName", None, "required header is missing")
-    if _PLAIN_NAME_RE.fullmatch(task_name) is None:
-        task_name = _name(task_name, name_of, "task_name", _TASK_RE)
+    task_name = _name(task_name, name_of, "task_name", _TASK_RE)
     # In the order of the fields, so that the first bad one named is the same every time.
     retry_count = get("retry_count")
     execution_count = get("execution_count")
@@ -402,13 +251,7 @@ def parse_fields(raw: Mapping[str, str], name_of: NameOf) -> dict[str, Any]:
         "execution_count": (
             0 if execution_count is None else _count(execution_count, name_of, "execution_count")
         ),
-        "eta": (
-            None
-            if eta_text is None
-            else datetime.fromtimestamp(float(eta_text), _UTC)
-            if _SHORT_ETA_RE.fullmatch(eta_text) is not None
-            else _eta(eta_text, name_of)
-        ),
+        "eta": None if eta_text is None else _eta(eta_text, name_of),
         "previous_response": (
             None
             if previous_response is None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ._response import OUTCOME_HEADER, Response, plain_response
 from .exceptions import PermanentTaskFailure, RetryTask
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ __all__ = [
     "log_task",
     "outcome_for_status",
     "result_for_exception",
-    "status_line",
 ]
 
 log = logging.getLogger("taskhandler")
@@ -36,8 +35,6 @@ log = logging.getLogger("taskhandler")
 Outcome = Literal[
     "success", "retry", "permanent-failure", "deadline-exceeded", "given-up", "rejected"
 ]
-OUTCOME_HEADER = "X-Task-Outcome"
-OUTCOME_HEADER_LOWER = OUTCOME_HEADER.lower()
 _FAILURES = frozenset(("retry", "deadline-exceeded"))
 
 
@@ -48,14 +45,6 @@ class Result:
     status: int
     outcome: Outcome
     reason: str = ""
-
-
-def status_line(status: int) -> str:
-    """``404`` -> ``"404 Not Found"`` (unknown codes get a bare number and a space)."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
 
 
 def outcome_for_status(status: int) -> Outcome:
@@ -144,14 +133,9 @@ def failure(ctx: TaskContext, exc: BaseException) -> Result:
     return result_for_exception(exc)
 
 
-def failure_response(result: Result) -> tuple[list[tuple[str, str]], bytes]:
-    """Headers and body answering a failed task request: the outcome word, never a traceback."""
-    body = f"{result.outcome}\n".encode()
-    return [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        (OUTCOME_HEADER, result.outcome),
-    ], body
+def failure_response(result: Result) -> Response:
+    """The answer to a failed task request: the outcome word, never a traceback."""
+    return plain_response(result.status, result.outcome, outcome=result.outcome)
 
 
 class Timed(Protocol):

@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urljoin
 
+from ._decorator import TaskHandler
 from ._types import StartResponse, WSGIEnvironment
 from .context import TaskContext, current_task
-from .handler import TaskHandler
 
 with warnings.catch_warnings():
     # WebOb 1.8 imports the standard library's ``cgi`` module, which warns on import from

@@ -1,50 +1,76 @@
-"""``TaskMiddleware`` for WSGI: adapts the pure request path to environ/start_response.
+"""``TaskMiddleware`` for WSGI: the request path (SPEC §1) on environ and start_response.
 
-Task headers such as ``X-AppEngine-QueueName`` tell a handler the queue sent the
-request; any client can type them, so they are believed only from the queue's address
-(or a signed-in admin) and removed from every other request before the app sees it.
+Task headers such as ``X-AppEngine-QueueName`` tell a handler the queue sent the request;
+any client can type them, so they are believed only from the queue's address (or a
+signed-in admin) and removed from every other request before the app sees it.
+
+This module only translates: environ -> :class:`~taskhandler._request.RequestView`, the
+:class:`~taskhandler._decision.Decision` -> environ changes and a response. The decision
+itself is made by :func:`taskhandler._decision.decide`. ``asgi.py`` mirrors this module
+function for function.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import logging
-import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import parse_cookie
 
+from ._decision import (
+    AUTH_PAGE_PREFIX,
+    Decision,
+    NOTHING_DECIDED,
+    LazyUser,
+    MiddlewareBase,
+    RequestState,
+    Settings,
+    decide,
+    decide_nested,
+    refusal_response,
+)
+from ._request import RequestView, SentHeader
+from ._response import Response, plain_response, status_line
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
-from .access import Refusal, request_path_wsgi
-from .context import TaskContext
+from .context import TaskContext, current_task
 from .context import _current as _current_task
 from .deadline import arm
-from .headers import ENVIRON_PREFIXES, FieldPlan, collect, parse_task_headers
+from .exceptions import PermanentTaskFailure
+from .handler import (
+    MAX_BODY,
+    Handler,
+    PayloadError,
+    admit,
+    failure_answer,
+    parse_payload,
+    render,
+    rendered_answer,
+)
+from .headers import TASK_HEADER_PREFIXES
 from .outcome import (
     OUTCOME_HEADER,
-    OUTCOME_HEADER_LOWER,
     Result,
     app_outcome,
     conclude,
     failure,
     failure_response,
-    status_line,
-)
-from .pipeline import (
-    AUTH_PAGE_PREFIX,
-    Location,
-    MiddlewareBase,
-    RequestState,
-    Settings,
-    check_rules,
-    decide,
-    refusal_body,
+    outcome_for_status,
 )
 from .trust import FORWARDING_HEADERS, RequestInfo
 
-__all__ = ["TaskMiddleware", "request_info", "run_task"]
+__all__ = [
+    "TaskMiddleware",
+    "call_wsgi",
+    "request_info",
+    "request_view",
+    "run_task",
+    "serve_handler",
+]
 
 log = logging.getLogger("taskhandler")
 
@@ -53,148 +79,9 @@ STRIPPED_KEY = "taskhandler.stripped"
 # (deadline_s, grace_s) for this request only, set by test clients (taskhandler.testing).
 # An environ key, not a header: no network request can set it.
 DEADLINE_KEY = "taskhandler.deadline"
-_MAX_PAGE_BODY = 64 * 1024
+MAX_PAGE_BODY = 64 * 1024
 # Exceptions that mean "stop the process", not "the handler failed".
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
-def request_info(environ: WSGIEnvironment) -> RequestInfo:
-    """The protocol-neutral view of a WSGI request (for authenticators)."""
-    headers = {name.lower(): value for name, value in EnvironHeaders(environ).items()}
-    path = request_path_wsgi(environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""))
-    return RequestInfo(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        scheme=environ.get("wsgi.url_scheme", "http"),
-        host=_host(environ),
-        path=path if isinstance(path, str) else "/",
-        query_string=environ.get("QUERY_STRING", ""),
-        headers=headers,
-        cookies=dict(parse_cookie(environ.get("HTTP_COOKIE", ""))),
-        client=environ.get("REMOTE_ADDR"),
-    )
-
-
-def _host(environ: WSGIEnvironment) -> str:
-    host = environ.get("HTTP_HOST")
-    if host:
-        return str(host)
-    name, port = environ.get("SERVER_NAME", "localhost"), str(environ.get("SERVER_PORT", ""))
-    default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
-    return name if port in ("", default) else f"{name}:{port}"
-
-
-def _header_name(key: str) -> str:
-    """``HTTP_X_APPENGINE_QUEUENAME`` -> ``x-appengine-queuename``, as stripped names are kept."""
-    return key[5:].lower().replace("_", "-")
-
-
-# Every task header key in any case, found in "\n" + the joined environ keys in one C pass.
-# Dashes are accepted too: no PEP 3333 server makes ``HTTP_X-AppEngine-TaskName``, but a
-# gateway might, and such a key must go like any other spelling.
-_TASK_KEY_RE = re.compile(r"\n(HTTP_X[-_](?:APPENGINE|CLOUDTASKS)[-_][^\n]*)", re.IGNORECASE)
-# Forwarding header keys in a spelling other than PEP 3333's (``HTTP_X-Forwarded-For``,
-# ``http_x_forwarded_for``): never read, always removed.
-_FORWARDING_KEYS = frozenset(
-    "HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS
-)
-_FORWARDING_KEY_RE = re.compile(
-    r"\n(HTTP_(?:X[-_]FORWARDED[-_](?:FOR|PROTO|HOST|PREFIX)|FORWARDED|X[-_]REAL[-_]IP))(?=\n)",
-    re.IGNORECASE,
-)
-
-
-class _KeyPlan:
-    """What an environ's key names alone say about its task headers.
-
-    Attributes:
-        keys: the environ keys of every ``X-AppEngine-*``/``X-CloudTasks-*`` header, any case.
-        stripped: the same as lower-case dash-spelled names (``taskhandler.stripped``).
-    """
-
-    __slots__ = ("_fields", "_planned", "keys", "odd", "odd_stripped", "stripped")
-
-    def __init__(self, keys: tuple[str, ...], odd: tuple[str, ...] = ()) -> None:
-        self.keys = keys
-        self.stripped = tuple(map(_header_name, keys))
-        self.odd = odd
-        """Forwarding header keys in an odd spelling: removed from every request."""
-        self.odd_stripped = tuple(map(_header_name, odd))
-        self._planned = False  # how to parse them is worked out on the first trusted request
-        self._fields: FieldPlan | None = None
-
-    def task_fields(self, environ: WSGIEnvironment) -> dict[str, Any] | None:
-        """The request's task header values parsed into ``TaskContext`` fields (see ``decide``)."""
-        if not self._planned:
-            # PEP 3333 keys are upper case, one per header; anything else (case variants,
-            # two spellings of one field) is collected the long way, below.
-            keys = self.keys
-            self._fields = FieldPlan.of(keys) if "".join(keys).isupper() else None
-            self._planned = True
-        if self._fields is not None:
-            return self._fields.parse(environ)
-        # Case variants of one name count as copies of one header, joined and refused.
-        values = [environ[key] for key in self.keys]
-        return parse_task_headers(collect(zip(self.stripped, values, strict=True)))
-
-
-_NO_TASK_HEADERS = _KeyPlan(())
-# A server sends the same header names request after request: plans are kept by the joined
-# key names, up to a bound (a client inventing names each time only ever misses).
-_PLANS: dict[str, _KeyPlan] = {}
-_PLANS_MAX = 512
-_PLAN_KEY_MAX = 4096  # longer joined names (many or long header names) are not kept
-
-
-def _plan(environ: WSGIEnvironment) -> _KeyPlan:
-    joined = "\n" + "\n".join(environ)
-    plan = _PLANS.get(joined)
-    # Every task header key starts a line of the joined names, so a plan without task keys
-    # holds for any environ whose names join the same way. One with task keys holds only
-    # when no key has a newline in it (no server makes one; then the lines are the keys).
-    if plan is not None and (not plan.keys or joined.count("\n") == len(environ)):
-        return plan
-    if joined.count("\n") != len(environ):
-        keys = [k for k in environ if k.upper().replace("-", "_").startswith(ENVIRON_PREFIXES)]
-        odd = [k for k in environ if _odd_forwarding(k)]
-        # ambiguous: not kept
-        return _KeyPlan(tuple(keys), tuple(odd)) if keys or odd else _NO_TASK_HEADERS
-    keys = _TASK_KEY_RE.findall(joined)
-    odd = [key for key in _FORWARDING_KEY_RE.findall(joined) if key not in _FORWARDING_KEYS]
-    plan = _KeyPlan(tuple(keys), tuple(odd)) if keys or odd else _NO_TASK_HEADERS
-    if len(joined) <= _PLAN_KEY_MAX:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        _PLANS[joined] = plan
-    return plan
-
-
-def _odd_forwarding(key: str) -> bool:
-    """True for a forwarding header key that is not in PEP 3333's exact spelling."""
-    return key not in _FORWARDING_KEYS and key.upper().replace("-", "_") in _FORWARDING_KEYS
-
-
-def _header(environ: WSGIEnvironment) -> Any:
-    """``lower-case dash-spelled name -> value`` over the environ's PEP 3333 keys."""
-    return lambda name: environ.get("HTTP_" + name.upper().replace("-", "_"))
-
-
-def _locate(environ: WSGIEnvironment) -> Location:
-    script_name = environ.get("SCRIPT_NAME", "")
-    prefix = request_path_wsgi(script_name, "") if script_name else ""
-    return Location(
-        request_path_wsgi(script_name, environ.get("PATH_INFO", "")),
-        environ.get("wsgi.url_scheme", "http"),
-        _host(environ),
-        environ.get("QUERY_STRING", ""),
-        (prefix,) if isinstance(prefix, str) and prefix else (),
-    )
-
-
-def _respond(
-    start_response: StartResponse, status: int, headers: list[tuple[str, str]], body: bytes
-) -> list[bytes]:
-    start_response(status_line(status), headers)
-    return [body]
 
 
 class TaskMiddleware(MiddlewareBase):
@@ -209,6 +96,9 @@ class TaskMiddleware(MiddlewareBase):
         deadline: task deadline in seconds (overrides the config's; default 600).
         grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
 
+    Per request it puts ``environ["taskhandler.state"]`` (a ``RequestState``) and, when it
+    removed headers, ``environ["taskhandler.stripped"]`` (their lower-case names).
+
     Example::
 
         app.wsgi_app = TaskMiddleware(app.wsgi_app, config=load_app_yaml("app.yaml"))
@@ -219,87 +109,198 @@ class TaskMiddleware(MiddlewareBase):
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         settings = self.settings
         outer = environ.get(STATE_KEY)
-        if isinstance(outer, RequestState):
-            return self._nested(outer, environ, start_response)
-        state = environ[STATE_KEY] = RequestState(settings, request_info, environ)
-        plan = _plan(environ)
-        if plan.odd:
-            # "_" spellings of forwarding headers are never read, whoever sent them.
-            for key in plan.odd:
-                del environ[key]
-            environ[STRIPPED_KEY] = list(plan.odd_stripped)
-            state.stripped = plan.odd_stripped
-        if not plan.keys and self._plain_fast:
-            return self.app(environ, start_response)  # the common case: nothing to decide
-
-        if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
-            page = self._auth_page(environ, state)
-            if page is not None:
-                return page(start_response)  # type: ignore[no-any-return]
-
-        refusal, strip = decide(
-            state,
-            peer=environ.get("REMOTE_ADDR"),
-            task_fields=(lambda: plan.task_fields(environ)) if plan.keys else None,
-            header=_header(environ),
-            locate=lambda: _locate(environ),
-        )
-        if strip:
-            for key in plan.keys:
-                del environ[key]
-            environ[STRIPPED_KEY] = [*plan.odd_stripped, *plan.stripped]
-            state.stripped = (*plan.odd_stripped, *plan.stripped)
-        if refusal is not None:
-            headers, body = refusal_body(refusal)
-            return _respond(start_response, refusal.status, headers, body)
-        if state.context is None:
+        user = LazyUser(settings.authenticator, functools.partial(request_info, environ))
+        if not settings.decides_plain_requests and (outer is not None or not _marked(environ)):
+            # No task header, no rule, no page: nothing to decide.
+            if outer is None:
+                environ[STATE_KEY] = RequestState(settings, NOTHING_DECIDED, user)
             return self.app(environ, start_response)
-        return run_task(self.app, environ, start_response, state.context, settings)
 
-    def _nested(
-        self, outer: RequestState, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """Inside another ``TaskMiddleware``: its trust decision stands, these rules apply too.
+        view = request_view(environ)
 
-        One decision per request about trust and stripping, the outermost one (e.g. the
-        development server around an app that brings its own middleware); but this layer's
-        access rules, authenticator and sign-in pages still guard what is behind it.
-        """
-        settings = self.settings
-        if not settings.rules and not settings.serves_pages:
-            return self.app(environ, start_response)
-        state = outer.inner(settings)
+        # The authenticator's own pages (sign-in, sign-out) answer before anything else.
         if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
-            page = self._auth_page(environ, state)
+            page = serve_page(settings, environ)
             if page is not None:
-                return page(start_response)  # type: ignore[no-any-return]
-        if settings.rules:
-            refusal, _ = check_rules(
-                state, environ.get("REMOTE_ADDR"), _header(environ), lambda: _locate(environ)
-            )
-            if refusal is not None:
-                headers, body = refusal_body(refusal)
-                return _respond(start_response, refusal.status, headers, body)
-        return self.app(environ, start_response)
+                return respond(start_response, page)
 
-    def _auth_page(self, environ: WSGIEnvironment, state: RequestState) -> Any:
-        serve = getattr(self.settings.authenticator, "serve", None)
-        if serve is None:
-            return None
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= _MAX_PAGE_BODY:
-            refusal = Refusal(400, "bad or too large request body")
-            headers, body = refusal_body(refusal)
-            return lambda sr: _respond(sr, 400, headers, body)
-        data = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(data)  # the app still reads it if no page answers
-        page = serve(state.request_info(), data)
-        if page is None:
-            return None
-        return lambda sr: _respond(sr, page.status, list(page.headers), page.body)
+        # Steps 1-4: who is asking, which headers go, the access rules, the task.
+        decision: Decision
+        if isinstance(outer, RequestState):  # an outer TaskMiddleware decided trust already
+            decision = decide_nested(view, settings, outer)
+        else:
+            decision = decide(view, settings, user)
+            environ[STATE_KEY] = RequestState(settings, decision, user)
+            remove_headers(environ, decision)
+        if decision.refusal is not None:
+            return respond(start_response, refusal_response(decision.refusal))
+
+        # Steps 5-6: a task runs under its deadline, and its outcome becomes the status.
+        if decision.context is None or outer is not None:
+            return self.app(environ, start_response)
+        return run_task(self.app, environ, start_response, decision.context, settings)
+
+
+# -- environ -> request view --------------------------------------------------------------
+
+
+class _Keys(NamedTuple):
+    """The environ keys of note: task headers in any spelling, odd forwarding spellings."""
+
+    task: tuple[str, ...]
+    odd: tuple[str, ...]
+
+
+# Forwarding header keys as PEP 3333 servers make them (the only ones ever read).
+_FORWARDING_KEYS = frozenset(
+    "HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS
+)
+
+
+@functools.lru_cache(maxsize=512)
+def _classify_keys(keys: tuple[str, ...]) -> _Keys:
+    """Sort an environ's keys; a server sends the same names request after request."""
+    task: list[str] = []
+    odd: list[str] = []
+    for key in keys:
+        if key[:5].upper() != "HTTP_":
+            continue
+        folded = key.upper().replace("-", "_")
+        if folded[5:].replace("_", "-").lower().startswith(TASK_HEADER_PREFIXES):
+            task.append(key)  # any case, "-" or "_": a gateway may keep dashes in a key
+        elif folded in _FORWARDING_KEYS and key != folded:
+            odd.append(key)  # HTTP_X-Forwarded-For, http_x_forwarded_for: never read
+    return _Keys(tuple(task), tuple(odd))
+
+
+def _keys(environ: WSGIEnvironment) -> _Keys:
+    keys = tuple(environ)
+    if len(keys) > 256:  # not worth keeping: an environ like no other
+        return _classify_keys.__wrapped__(keys)
+    return _classify_keys(keys)
+
+
+def _marked(environ: WSGIEnvironment) -> bool:
+    """True when the environ holds a task header or an odd forwarding header spelling."""
+    keys = _keys(environ)
+    return bool(keys.task or keys.odd)
+
+
+def request_view(environ: WSGIEnvironment) -> RequestView:
+    """The request as the steps of the request path see it."""
+    keys = _keys(environ)
+    script_name = environ.get("SCRIPT_NAME", "")
+    path, path_error = _text_path(script_name + environ.get("PATH_INFO", ""))
+    prefix, _ = _text_path(script_name)
+    return RequestView(
+        peer=environ.get("REMOTE_ADDR"),
+        method=environ.get("REQUEST_METHOD", "GET"),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        host=_host(environ),
+        path=path,
+        path_error=path_error,
+        prefixes=(prefix,) if prefix else (),
+        query_string=environ.get("QUERY_STRING", ""),
+        headers=_Headers(environ),
+        task_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.task),
+        odd_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.odd),
+    )
+
+
+def request_info(environ: WSGIEnvironment) -> RequestInfo:
+    """The protocol-neutral view of a WSGI request (for authenticators)."""
+    headers = {name.lower(): value for name, value in EnvironHeaders(environ).items()}
+    path, _ = _text_path(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+    return RequestInfo(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        host=_host(environ),
+        path=path or "/",
+        query_string=environ.get("QUERY_STRING", ""),
+        headers=headers,
+        cookies=dict(parse_cookie(environ.get("HTTP_COOKIE", ""))),
+        client=environ.get("REMOTE_ADDR"),
+    )
+
+
+class _Headers(Mapping[str, str]):
+    """The environ's headers by lower-case dash-spelled name, PEP 3333 keys only."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        value: str = self._environ["HTTP_" + name.upper().replace("-", "_")]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_") and key.isupper() and "-" not in key:
+                yield key[5:].lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _text_path(raw: str) -> tuple[str, str | None]:
+    """A PEP 3333 path (bytes as latin-1 text) as UTF-8 text, or the reason it is not."""
+    try:
+        return raw.encode("latin-1").decode("utf-8"), None
+    except UnicodeError:
+        return "", "request path is not valid UTF-8"
+
+
+def _host(environ: WSGIEnvironment) -> str:
+    host = environ.get("HTTP_HOST")
+    if host:
+        return str(host)
+    name, port = environ.get("SERVER_NAME", "localhost"), str(environ.get("SERVER_PORT", ""))
+    default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
+    return name if port in ("", default) else f"{name}:{port}"
+
+
+def _header_name(key: str) -> str:
+    """``HTTP_X_APPENGINE_QUEUENAME`` -> ``x-appengine-queuename``."""
+    return key[5:].lower().replace("_", "-")
+
+
+# -- decision -> environ and response ------------------------------------------------------
+
+
+def remove_headers(environ: WSGIEnvironment, decision: Decision) -> None:
+    """Step 2 applied: the removed headers are gone, their names kept for the app to see."""
+    if not decision.remove:
+        return
+    for header in decision.remove:
+        environ.pop(header.key, None)
+    environ[STRIPPED_KEY] = list(decision.removed_names)
+
+
+def respond(start_response: StartResponse, response: Response) -> list[bytes]:
+    """Answer with a response the middleware made itself."""
+    start_response(status_line(response.status), list(response.headers))
+    return [response.body]
+
+
+def serve_page(settings: Settings, environ: WSGIEnvironment) -> Response | None:
+    """The authenticator's page for this request (sign-in, sign-out), or ``None``."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= MAX_PAGE_BODY:
+        return plain_response(400, "bad or too large request body", no_store=True)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)  # the app still reads it if no page answers
+    page = settings.authenticator.serve(request_info(environ), body)  # type: ignore[union-attr]
+    if page is None:
+        return None
+    return Response(page.status, tuple(page.headers), page.body)
+
+
+# -- steps 5 and 6: the task runs --------------------------------------------------------
 
 
 def run_task(
@@ -355,11 +356,10 @@ def run_task(
     finally:
         _current_task.reset(token)
 
-    result = conclude(ctx, result, armed, _Path(environ))
+    path = functools.partial(_log_path, environ)
+    result = conclude(ctx, result, armed, path)
     if result is not None:
-        headers, payload = failure_response(result)
-        start_response(status_line(result.status), headers)
-        return [payload]
+        return respond(start_response, failure_response(result))
 
     status_text, headers = response
     try:
@@ -367,26 +367,125 @@ def run_task(
     except ValueError:
         status = 500
         status_text = status_line(500)
-    declared = None
-    for name, value in headers:
-        if name.lower() == OUTCOME_HEADER_LOWER:
-            declared = value
-            break
-    outcome = app_outcome(ctx, status, declared, armed, _Path(environ))
+    declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER.lower()), None)
+    outcome = app_outcome(ctx, status, declared, armed, path)
     if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
     start_response(status_text, headers)
     return body if len(body) == 1 else [b"".join(body)]
 
 
-class _Path:
-    """The request path for the log record, worked out only if a record is written."""
+def _log_path(environ: WSGIEnvironment) -> str:
+    """The request path for the log record (worked out only if a record is written)."""
+    return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
 
-    __slots__ = ("environ",)
 
-    def __init__(self, environ: WSGIEnvironment) -> None:
-        self.environ = environ
+# -- @task_handler on a WSGI request ------------------------------------------------------
 
-    def __call__(self) -> str:
-        environ = self.environ
-        return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+
+def serve_handler(
+    handler: Handler, environ: WSGIEnvironment, start_response: StartResponse, bound: Any = None
+) -> Iterable[bytes]:
+    """Serve a ``@task_handler`` (SPEC §7): admit the request, then run the handler.
+
+    Behind a ``TaskMiddleware`` it uses the middleware's decision; on its own it applies
+    the handler's ``trust=``/``config=`` through a middleware of its own. ``bound`` is the
+    ``RequestHandler`` instance when the handler is a webapp2-style method.
+    """
+    state = environ.get(STATE_KEY)
+    if not isinstance(state, RequestState):
+        inner = functools.partial(serve_handler, handler, bound=bound)
+        middleware: TaskMiddleware = TaskMiddleware.with_settings(inner, handler.settings)
+        return middleware(environ, start_response)
+    admitted = admit(handler, state)
+    if isinstance(admitted, Response):
+        return respond(start_response, admitted)
+    run = functools.partial(_call_handler, handler, bound=bound)
+    if admitted is state.context:
+        return run(environ, start_response)  # the middleware runs it under the deadline
+    return run_task(run, environ, start_response, admitted, state.settings)
+
+
+def _call_handler(
+    handler: Handler, environ: WSGIEnvironment, start_response: StartResponse, bound: Any = None
+) -> Iterable[bytes]:
+    """Call the handler function with its arguments and answer with what it gave."""
+    ctx = current_task()
+    assert ctx is not None, "run_task publishes the context first"
+    try:
+        args = _arguments(handler, ctx, environ)
+        value = handler.func(*args) if bound is None else handler.func(bound, *args)
+        if value is None and bound is not None:
+            # A webapp2-style method writes into self.response (status included).
+            value = getattr(bound, "response", None)
+        if inspect.isawaitable(value):
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()
+            raise TypeError("an async task handler must be served by ASGI")
+        rendered = render(value)
+    except PayloadError as exc:
+        return respond(start_response, failure_answer(handler, ctx, PermanentTaskFailure(str(exc))))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return respond(start_response, failure_answer(handler, ctx, exc))
+    if callable(rendered):
+        return rendered(environ, _with_outcome(start_response))  # a framework response
+    return respond(start_response, rendered_answer(*rendered))
+
+
+def _arguments(handler: Handler, ctx: TaskContext, environ: WSGIEnvironment) -> tuple[Any, ...]:
+    if handler.payload is None:
+        return (ctx,)
+    payload = parse_payload(
+        handler.payload,
+        environ.get("REQUEST_METHOD", "GET"),
+        environ.get("CONTENT_TYPE", ""),
+        _read_body(environ),
+        environ.get("QUERY_STRING", ""),
+    )
+    return ctx, payload
+
+
+def _read_body(environ: WSGIEnvironment) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise PayloadError("bad Content-Length") from None
+    if length < 0 or length > MAX_BODY:
+        raise PayloadError(f"body larger than {MAX_BODY} bytes")
+    if length == 0:
+        return b""
+    data: bytes = environ["wsgi.input"].read(length)
+    return data
+
+
+def _with_outcome(start_response: StartResponse) -> StartResponse:
+    """A ``start_response`` that adds ``X-Task-Outcome`` when the response has none."""
+
+    def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        code = int(status.split(" ", 1)[0])
+        if not any(name.lower() == OUTCOME_HEADER.lower() for name, _ in headers):
+            headers = [*headers, (OUTCOME_HEADER, outcome_for_status(code))]
+        return start_response(status, headers, exc_info)
+
+    return wrapped
+
+
+def call_wsgi(app: Any, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call a WSGI app in-process; return its status line, headers and whole body."""
+    captured: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured[:] = [status, headers]
+        return lambda data: None
+
+    chunks = app(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return captured[0], captured[1], body

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client, EnvironBuilder
 
-from taskhandler.access import Refusal, check_access, check_path, find_rule, request_path_wsgi
+from taskhandler.access import Refusal, check_access, check_path, find_rule
 from taskhandler.config import AccessRule, AppConfig
 from taskhandler.trust import RequestInfo, TrustPolicy, User
-from taskhandler.wsgi import TaskMiddleware
+from taskhandler.wsgi import TaskMiddleware, request_view
 
 ADMIN = User("admin@example.com", "1", is_admin=True)
 MEMBER = User("member@example.com", "2", is_admin=False)
@@ -38,7 +38,8 @@ def _wsgi(text: str) -> str:
 )
 def test_request_path_wsgi(script_name: str, path_info: str, expected: str) -> None:
     """The rule path is SCRIPT_NAME + PATH_INFO, decoded as UTF-8."""
-    assert request_path_wsgi(script_name, path_info) == expected
+    view = request_view({"SCRIPT_NAME": script_name, "PATH_INFO": path_info})
+    assert (view.path, view.path_error) == (expected, None)
 
 
 @pytest.mark.parametrize(
@@ -52,9 +53,8 @@ def test_request_path_wsgi(script_name: str, path_info: str, expected: str) -> N
 )
 def test_request_path_wsgi_refuses_undecodable(script_name: str, path_info: str) -> None:
     """A path that is not UTF-8 is refused with 400 before any rule."""
-    refusal = request_path_wsgi(script_name, path_info)
-    assert isinstance(refusal, Refusal)
-    assert refusal.status == 400
+    view = request_view({"SCRIPT_NAME": script_name, "PATH_INFO": path_info})
+    assert view.path_error == "request path is not valid UTF-8"
 
 
 @pytest.mark.parametrize(

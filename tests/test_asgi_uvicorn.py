@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from taskhandler import task_handler
 from taskhandler.asgi import TaskMiddleware
 from taskhandler.config import AccessRule, AppConfig
 from taskhandler.context import TaskContext, current_task
 from taskhandler.deadline import DeadlineExceededError
-from taskhandler.handler import task_handler
 from taskhandler.trust import TrustPolicy
 
 from .servers import raw_request, serve, status_of

@@ -45,10 +45,9 @@ pytest.importorskip("google.cloud.tasks_v2", reason="the cloudtasks extra is not
 import flask
 from pydantic import BaseModel
 
-from taskhandler import taskqueue
+from taskhandler import task_handler, taskqueue
 from taskhandler.context import TaskContext
 from taskhandler.exceptions import RetryTask
-from taskhandler.handler import task_handler
 from taskhandler.taskqueue.cloudtasks import CloudTasksBackend
 from taskhandler.trust import TrustPolicy
 from taskhandler.wsgi import TaskMiddleware

@@ -18,10 +18,10 @@ from flask import Flask
 from flask import Response as FlaskResponse
 from pydantic import BaseModel, Field
 
+from taskhandler import task_handler
 from taskhandler.context import TaskContext
 from taskhandler.deadline import DeadlineExceededError
 from taskhandler.exceptions import PermanentTaskFailure, RetryTask
-from taskhandler.handler import task_handler
 from taskhandler.trust import RequestInfo, User
 from taskhandler.webapp import Request, RequestHandler, WSGIApplication
 from taskhandler.wsgi import TaskMiddleware

@@ -66,14 +66,14 @@ def test_asgi_underscore_forwarding_header_is_never_read(name: bytes) -> None:
     )
     assert seen["task"] is None
     assert name not in seen["headers"]
-    assert name.decode().lower() in seen["stripped"]
+    assert name.decode().lower().replace("_", "-") in seen["stripped"]
 
 
 def test_asgi_underscore_forwarding_header_is_removed_from_a_plain_request() -> None:
     """Every ``_`` spelling of a forwarding header goes, even without task headers or rules."""
     seen = _asgi_run([(b"x_forwarded_proto", b"https")], "198.51.100.7", TrustPolicy())
     assert seen["headers"] == [b"host"]
-    assert seen["stripped"] == ["x_forwarded_proto"]
+    assert seen["stripped"] == ["x-forwarded-proto"]
 
 
 def test_asgi_exact_forwarding_header_from_a_trusted_proxy_names_the_queue() -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from taskhandler import InvalidTaskHeaders, TaskContext
-from taskhandler.headers import FieldPlan, parse_task_headers
 
 BASE = {"X-AppEngine-QueueName": "default", "X-AppEngine-TaskName": "task-1"}
 
@@ -264,79 +262,3 @@ def test_fast_construction_matches_validated_model() -> None:
     assert parsed.model_fields_set == validated.model_fields_set
     assert parsed.model_copy(update={"retry_count": 3}).retry_count == 3
     assert hash(parsed) == hash(validated)
-
-
-# Values at the edges of what FieldPlan's one regular expression lets through without the
-# full checks, field by field (the property test in test_properties.py roams wider).
-_USUAL_SET = {
-    "HTTP_X_APPENGINE_QUEUENAME": "default",
-    "HTTP_X_APPENGINE_TASKNAME": "task-1",
-    "HTTP_X_APPENGINE_TASKRETRYCOUNT": "0",
-    "HTTP_X_APPENGINE_TASKEXECUTIONCOUNT": "0",
-    "HTTP_X_APPENGINE_TASKETA": "1700000000.123456",
-    "HTTP_X_APPENGINE_TASKPREVIOUSRESPONSE": "500",
-    "HTTP_X_APPENGINE_TASKRETRYREASON": "instance unavailable",
-    "HTTP_X_APPENGINE_FAILFAST": "true",
-}
-_NAME_EDGES = ["-", "_", "a" * 500, "a" * 501, "", "a b", "a/b", "caf\u00e9", "a\x7f", "a,b"]
-_COUNT_EDGES = ["0", "9999999999", "10000000000", "", "+1", "-1", " 1", "\u0661", "1,2", "1.0"]
-_TEXT_EDGES = ["", " ", "~", "\x7f", "\x1f", "\t", ",", "x" * 2000, "x" * 2001, "\u00e9"]
-_EDGES = {
-    "HTTP_X_APPENGINE_QUEUENAME": [*_NAME_EDGES, "projects/p/locations/l/queues/q"],
-    "HTTP_X_APPENGINE_TASKNAME": [*_NAME_EDGES, "projects/p/locations/l/queues/q/tasks/t"],
-    "HTTP_X_APPENGINE_TASKRETRYCOUNT": _COUNT_EDGES,
-    "HTTP_X_APPENGINE_TASKEXECUTIONCOUNT": _COUNT_EDGES,
-    "HTTP_X_APPENGINE_TASKPREVIOUSRESPONSE": _COUNT_EDGES,
-    "HTTP_X_APPENGINE_TASKETA": [
-        "0",
-        "3999999999.999999",
-        "3999999999.9999995",
-        "4000000000",
-        "4000000000.5",
-        "0.0000001",
-        "1.",
-        ".1",
-        "",
-        "1e3",
-        "253402300799.999999",
-        "253402300800",
-        "1700000000,5",
-    ],
-    "HTTP_X_APPENGINE_TASKRETRYREASON": _TEXT_EDGES,
-    "HTTP_X_APPENGINE_FAILFAST": _TEXT_EDGES,
-}
-
-
-def _answer(parse: Any, values: dict[str, str]) -> Any:
-    try:
-        return parse(values)
-    except InvalidTaskHeaders as exc:
-        return ("refused", str(exc))
-
-
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        pytest.param(key, value, id=f"{key[18:].lower()}={value[:24]!r}")
-        for key, values in _EDGES.items()
-        for value in values
-    ],
-)
-def test_plan_parses_edge_values_as_the_full_parser(key: str, value: str) -> None:
-    """One field at an edge, the rest usual: the cached plan answers as the full parser does."""
-    values = {**_USUAL_SET, key: value}
-    plan = FieldPlan.of(values)
-    assert plan is not None
-    assert _answer(plan.parse, values) == _answer(parse_task_headers, values)
-
-
-def test_plan_for_both_spellings_of_one_field_defers_to_the_full_parser() -> None:
-    """X-AppEngine- and X-CloudTasks- spellings of one field need their values compared."""
-    assert FieldPlan.of(["HTTP_X_APPENGINE_QUEUENAME", "HTTP_X_CLOUDTASKS_QUEUENAME"]) is None
-
-
-def test_plan_without_task_fields_parses_to_nothing() -> None:
-    """Only other X-AppEngine-* headers (Country, ...): no fields, no context."""
-    plan = FieldPlan.of(["HTTP_X_APPENGINE_COUNTRY"])
-    assert plan is not None
-    assert plan.parse({"HTTP_X_APPENGINE_COUNTRY": "ZZ"}) is None

@@ -12,12 +12,12 @@ from typing import Any
 import flask
 import pytest
 
+from taskhandler import task_handler
 from taskhandler.auth import SignedCookieAuth
 from taskhandler.config import AccessRule, AppConfig
 from taskhandler.context import TaskContext, current_task
 from taskhandler.deadline import DeadlineExceededError, check_deadline
 from taskhandler.exceptions import ConfigError, PermanentTaskFailure, RetryTask
-from taskhandler.handler import task_handler
 from taskhandler.testing import TaskTestApp, TaskTestResponse
 from taskhandler.trust import RequestInfo, User
 from taskhandler.wsgi import TaskMiddleware

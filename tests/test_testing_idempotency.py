@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from taskhandler import task_handler
 from taskhandler.context import TaskContext
 from taskhandler.exceptions import PermanentTaskFailure, RetryTask
-from taskhandler.handler import task_handler
 from taskhandler.testing import Delivery, IdempotencyError, TaskTestApp, assert_idempotent
 from taskhandler.wsgi import TaskMiddleware
 
@@ -446,7 +446,7 @@ def test_failure_message_in_a_pytest_run(pytester: pytest.Pytester) -> None:
     """What a developer sees when a naive handler fails its idempotency test."""
     pytester.makepyfile(
         """
-        from taskhandler.handler import task_handler
+        from taskhandler import task_handler
         from taskhandler.testing import assert_idempotent
 
         counters = {"a": 0}

@@ -15,7 +15,7 @@ CONFTEST = """
 import pytest
 from taskhandler.context import TaskContext
 from taskhandler.deadline import check_deadline
-from taskhandler.handler import task_handler
+from taskhandler import task_handler
 from taskhandler.wsgi import TaskMiddleware
 
 SEEN = []

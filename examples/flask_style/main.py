@@ -35,7 +35,7 @@ from werkzeug.wrappers import Response
 
 from taskhandler.config import load_app_yaml
 from taskhandler.context import TaskContext
-from taskhandler.handler import task_handler
+from taskhandler import task_handler
 from taskhandler.trust import Authenticator, TrustPolicy
 from taskhandler.wsgi import TaskMiddleware
 

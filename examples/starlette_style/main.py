@@ -37,7 +37,7 @@ from taskhandler.asgi import TaskMiddleware
 from taskhandler.auth import SignedCookieAuth
 from taskhandler.config import load_app_yaml
 from taskhandler.context import TaskContext
-from taskhandler.handler import task_handler
+from taskhandler import task_handler
 from taskhandler.trust import TrustPolicy
 
 HERE = Path(__file__).resolve().parent

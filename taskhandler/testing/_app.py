@@ -17,10 +17,10 @@ with warnings.catch_warnings():
     import webtest
 from werkzeug.http import parse_cookie
 
+from .._decorator import TaskHandler
 from ..context import TaskContext
 from ..deadline import DEFAULT_GRACE, resolve_deadline
 from ..exceptions import ConfigError
-from ..handler import TaskHandler
 from ..outcome import OUTCOME_HEADER
 from ..trust import Authenticator, RequestInfo, User
 from ..wsgi import DEADLINE_KEY, TaskMiddleware

@@ -20,10 +20,10 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 from taskhandler import asgi, wsgi
+from taskhandler._decision import RequestState
+from taskhandler._decorator import TaskHandler, task_handler
+from taskhandler._response import status_line
 from taskhandler.context import TaskContext, current_task
-from taskhandler.handler import TaskHandler, task_handler
-from taskhandler.outcome import status_line
-from taskhandler.pipeline import RequestState
 
 Headers = list[tuple[str, str]]
 
