@@ -22,7 +22,8 @@ from taskhandler import (
     current_task,
     wsgi,
 )
-from taskhandler.deadline import INTERRUPTS_SUPPORTED, DeadlineExceededError, default_watchdog
+from taskhandler._watchdog import INTERRUPTS_SUPPORTED, default_watchdog
+from taskhandler.deadline import DeadlineExceededError
 
 TASK = {"HTTP_X_APPENGINE_QUEUENAME": "default", "HTTP_X_APPENGINE_TASKNAME": "task-1"}
 
