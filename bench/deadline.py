@@ -23,7 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from taskhandler.deadline import DeadlineExceededError, Watchdog, default_watchdog
+from taskhandler._watchdog import Watchdog, default_watchdog
+from taskhandler.exceptions import DeadlineExceededError
 
 COST_TARGET = 0.05
 DELAY_TARGET = 0.010

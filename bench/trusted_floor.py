@@ -30,9 +30,9 @@ from typing import Any
 from middleware import bare, cases, per_request  # bench/middleware.py, next to this script
 
 from taskhandler import TaskMiddleware
+from taskhandler._watchdog import arm
 from taskhandler.context import TaskContext
 from taskhandler.context import _current as current_task
-from taskhandler.deadline import arm
 from taskhandler.wsgi import _plan
 
 QUEUE = frozenset(["0.1.0.2"])

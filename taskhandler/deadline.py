@@ -2,187 +2,63 @@
 
 A push task has a fixed deadline: 600 s on automatic scaling, 86 400 s on basic and manual
 scaling. App Engine raised ``DeadlineExceededError`` inside the handler a little before it,
-so the handler could save its progress; this module gives every handler that warning, in any
+so the handler could save its progress; taskhandler gives every handler that warning, in any
 WSGI or ASGI server. The warning comes ``grace`` seconds (default 10) before the deadline --
 the *soft* deadline. If the handler is still running at the deadline itself (the *hard*
 deadline, e.g. because it swallowed the first error) the error is raised once more, and the
 request is answered as a failure either way.
 
-Sync handlers (threads)
------------------------
-One watchdog thread per process (a daemon, started by the first :func:`arm`) keeps the set
-of armed deadlines. When one comes due it raises the error inside the armed thread with
-``PyThreadState_SetAsyncExc``. Arming adds to the set and disarming removes from it, both
-O(1) under one short lock: no thread or timer object per request, and nothing left behind.
-The watchdog sleeps until the earliest deadline it knew of when it last looked, and is woken
-only by an arming that comes due before that; it then looks over the deadlines in flight
-(one per busy thread). Under steady traffic with one deadline length, arming never wakes it.
+This module is the policy, plain data in and plain data out: the deadline lengths,
+:func:`resolve_deadline` (validation and defaults) and :func:`check_deadline`. It imports
+no thread, signal or event loop and starts nothing. The machinery that delivers the error
+lives beside it and is loaded by the adapters that use it:
 
-The contract an adapter follows (:mod:`taskhandler.wsgi` does exactly this)::
+- :mod:`taskhandler._watchdog` -- sync handlers: one watchdog thread per process (started
+  by the first ``arm()``), ``PyThreadState_SetAsyncExc`` and a ``SIGALRM`` timer;
+- :mod:`taskhandler._async_deadline` -- async handlers: the handler's coroutine driven on
+  the event loop, the error thrown in at the ``await`` where it waits.
 
-    armed = arm(deadline_s, grace_s)     # for the current thread: a plain call, then at once
-    try:                                 # the try (nothing in between may be interrupted)
-        try:
-            ... run the handler, consume and close its response ...
-        finally:
-            armed.disarm()               # nothing is delivered after this returns
-    except BaseException as exc:         # DeadlineExceededError among them
-        ... map exc to an outcome ...
-    if armed.overran(): ...              # answer 500, outcome deadline-exceeded
-    armed.fired                          # the error was raised (or scheduled) in the handler
-    armed.remaining()                    # seconds until the soft deadline (< 0 after it)
-
-The error is delivered only while the thread runs code between ``arm()`` returning and
-``disarm()`` being entered -- the handler and the adapter's own code around it -- never
-inside ``arm()``/``disarm()`` and never after ``disarm()`` returns. The handshake:
-
-- the watchdog decides and injects while holding the lock, so an entry that ``disarm()``
-  has marked dead is never injected;
-- before injecting it looks at the target thread's current Python stack
-  (``sys._current_frames``) and, if the thread is inside ``arm()`` or ``disarm()``
-  (including the instant it enters ``disarm()``, where CPython checks for pending
-  asynchronous exceptions), it does not inject but looks again half a millisecond later --
-  by then the entry is usually dead. An injected exception is raised at the point where the
-  target thread next takes the interpreter lock back, which is where the watchdog saw it;
-- ``disarm()``, under the lock, clears any injection that is still pending
-  (``PyThreadState_SetAsyncExc(thread, NULL)``) so that one that has not landed yet -- e.g.
-  the thread was inside a C call -- can never land later in the server or the next request.
-
-On the main thread (gunicorn's sync worker, a script, a test) the watchdog also uses a
-``SIGALRM`` interval timer when ``SIGALRM`` is otherwise unused, so blocking calls there are
-interrupted too (the watchdog thread then only steps in 50 ms later, should the signal not
-come). An application that installs its own ``SIGALRM`` handler keeps it: from then on the
-watchdog leaves the signal alone. ``Watchdog(signals=False)`` never uses it. The signal
-handler follows the same rules (it gives way while the main thread is inside
-``arm()``/``disarm()`` and tries again a millisecond later).
-
-What is interrupted, and what is not (CPython 3.10-3.12; on 3.13 see
-:data:`INTERRUPTS_SUPPORTED`):
-
-- Python code, in any thread: within a few milliseconds of the soft deadline (a thread
-  switch interval, 5 ms by default, is the usual delay). ``finally`` blocks and ``with``
-  exits run; ``except Exception`` does not catch it (it derives from ``BaseException``).
-- Blocking calls on the main thread (``time.sleep``, socket reads, ``select``, lock waits):
-  interrupted at the soft deadline by the signal timer.
-- Blocking calls in other threads (``time.sleep``, socket reads, database drivers, lock
-  waits): not interrupted. The error is raised as soon as the call returns to Python.
-- Long C computations that hold the interpreter lock (a huge regex, ``sum`` over a huge
-  list): the error lands when the computation returns, in every thread.
-
-Async handlers (asyncio)
-------------------------
-An async handler runs on the event loop; injecting an exception from another thread could
-land in the loop's own code, so no watchdog thread is involved. :class:`AsyncArmed` drives
-the handler's coroutine itself, step by step, on behalf of the task that awaits it. When the
-soft deadline comes while the handler is suspended at an ``await``, the future it waits on
-is cancelled and ``DeadlineExceededError`` -- not ``CancelledError`` -- is thrown in at that
-``await``, so the handler can ``except DeadlineExceededError:`` and save, and its later
-``await``\\ s work normally: the task itself is never cancelled, so its cancellation count is
-untouched and a cancellation coming from outside (server shutdown) still goes through as
-``CancelledError``. If the awaited future had already completed when the deadline came, its
-result is delivered and the error is raised at the next ``await`` instead (as asyncio's own
-locks expect). Code that blocks the loop cannot be interrupted: it gets the error at its
-next ``await``, and one that returns without awaiting again is detected by ``overran()``.
-
-The contract for the ASGI adapter::
-
-    armed = arm_async(deadline_s, grace_s)   # any time; the clock starts here
-    ctx_private["_deadline"] = armed          # TaskContext.time_remaining() -> armed.remaining()
-    try:
-        await armed.run(app(scope, receive, send))   # raises what the handler raises
-    except BaseException as exc: ...         # DeadlineExceededError among them
-    if armed.overran(): ...                  # returned after the hard deadline: 500
-    armed.fired                              # the error was raised in the handler
-    armed.longest_step                       # longest time (s) it held the loop at once
-
-or, when only the result matters, ``await run_async(awaitable, deadline_s, grace_s)``, which
-returns the result and raises ``DeadlineExceededError`` also when the handler returned after
-its hard deadline.
-
-Cooperative code calls :func:`check_deadline` (raises once the soft deadline has passed,
-for the current thread's or asyncio task's deadline) or reads ``TaskContext.time_remaining()``.
+Both record the current request's armed deadline in a context variable read here, so
+cooperative code calls :func:`check_deadline` (raises once the soft deadline has passed, for
+the current thread's or asyncio task's deadline) or reads ``TaskContext.time_remaining()``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 import math
-import os
-import signal
-import sys
-import threading
-import time
-import weakref
-from collections.abc import Awaitable, Callable, Generator
-from contextvars import ContextVar, Token
-from types import CodeType, FrameType
-from typing import Any, Generic, Protocol, TypeVar
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, DeadlineExceededError
 
-# signal.getsignal() without turning its answer into an enum (slow), as it runs on every
-# arming on the main thread: the C function the signal module wraps, where there is one.
-_getsignal: Callable[[int], Any] = getattr(signal, "_signal", signal).getsignal
+if TYPE_CHECKING:
+    # transition: remove once the adapters import the machinery directly
+    from ._async_deadline import AsyncArmed as AsyncArmed
+    from ._async_deadline import arm_async as arm_async
+    from ._async_deadline import run_async as run_async
+    from ._watchdog import INTERRUPTS_SUPPORTED as INTERRUPTS_SUPPORTED
+    from ._watchdog import RETRY_INTERVAL as RETRY_INTERVAL
+    from ._watchdog import SIGNAL_FALLBACK as SIGNAL_FALLBACK
+    from ._watchdog import Armed as Armed
+    from ._watchdog import Watchdog as Watchdog
+    from ._watchdog import arm as arm
+    from ._watchdog import default_watchdog as default_watchdog
 
 __all__ = [
     "AUTOMATIC_SCALING_DEADLINE",
     "BASIC_SCALING_DEADLINE",
     "DEFAULT_GRACE",
-    "INTERRUPTS_SUPPORTED",
-    "Armed",
-    "AsyncArmed",
     "DeadlineExceededError",
-    "Watchdog",
-    "arm",
-    "arm_async",
     "check_deadline",
-    "default_watchdog",
     "resolve_deadline",
-    "run_async",
 ]
 
+#: The deadline of a push task on automatic scaling (seconds), and the default.
 AUTOMATIC_SCALING_DEADLINE = 600.0
+#: The deadline on basic and manual scaling (24 hours): also the longest any task may run.
 BASIC_SCALING_DEADLINE = 86_400.0
+#: How long before the deadline ``DeadlineExceededError`` is raised, by default (seconds).
 DEFAULT_GRACE = 10.0
-
-#: How long the watchdog waits before looking again at a thread that is inside
-#: ``arm()``/``disarm()`` (those take microseconds).
-RETRY_INTERVAL = 0.0005
-#: With a signal timer, the watchdog thread is only the fallback (e.g. someone else reset
-#: the timer), so it comes this much later than the signal.
-SIGNAL_FALLBACK = 0.05
-
-#: Whether the watchdog interrupts threads by default. CPython 3.13 can let an exception
-#: raised between two bytecodes -- by ``PyThreadState_SetAsyncExc`` or by a signal handler --
-#: skip the ``except`` and ``finally`` blocks of the code it lands in (python/cpython#139622),
-#: which would break every promise above; there the watchdog only keeps time (``overran()``,
-#: ``remaining()``, :func:`check_deadline`) unless ``Watchdog(interrupt=True)`` says otherwise.
-#: Async handlers are not affected.
-INTERRUPTS_SUPPORTED = sys.version_info < (3, 13)
-
-T = TypeVar("T")
-
-
-class DeadlineExceededError(BaseException):
-    """Raised inside a task handler shortly before its deadline, so it can save its work.
-
-    Derives from ``BaseException``: ``except Exception`` does not swallow it, and ``finally``
-    blocks run as it propagates. Raised ``grace`` seconds before the task deadline, and once
-    more at the deadline itself if the handler is still running.
-
-    Example::
-
-        try:
-            for item in work:
-                process(item)
-        except DeadlineExceededError:
-            save_cursor(item)      # a few seconds left: record progress, then fail
-            raise                  # the queue retries the task
-    """
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(args or ("the task deadline is near: save your work and return",)))
 
 
 def _seconds(name: str, value: object) -> float:
@@ -232,441 +108,17 @@ def resolve_deadline(deadline: float | None, grace: float | None) -> tuple[float
     return d, g
 
 
-# PyThreadState_SetAsyncExc(thread_id, exc): exc is an exception *class* (CPython raises
-# ``exc()`` in the thread); NULL clears a pending one. It returns the number of threads changed.
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
-_set_async_exc.restype = ctypes.c_int
-
-
-_NULL = ctypes.py_object()
-
-
 class _Checkable(Protocol):
     def _check(self) -> None: ...
 
 
-# The deadline of the request running in this thread or asyncio task (for check_deadline).
+# The deadline of the request running in this thread or asyncio task: set by the machinery
+# when it arms one, read by check_deadline().
 _current: ContextVar[_Checkable | None] = ContextVar("taskhandler_deadline", default=None)
 
+# The phases an armed deadline goes through, in both drivers: the soft error is still to
+# come, then the hard one, then nothing.
 _SOFT, _HARD, _DONE = 0, 1, 2
-
-
-class Armed:
-    """One armed deadline for one request in one thread (see :meth:`Watchdog.arm`).
-
-    Attributes:
-        started_at: clock time of arming.
-        soft_at: clock time of the soft deadline (when the error is raised).
-        hard_at: clock time of the deadline itself.
-        fired: True once the error was raised, or scheduled to be raised, in the handler.
-    """
-
-    __slots__ = (
-        "_due",
-        "_ended_at",
-        "_injected",
-        "_live",
-        "_phase",
-        "_signal",
-        "_thread",
-        "_tid",
-        "_token",
-        "_watchdog",
-        "fired",
-        "hard_at",
-        "soft_at",
-        "started_at",
-    )
-
-    def __init__(
-        self, watchdog: Watchdog, started_at: float, soft_at: float, hard_at: float
-    ) -> None:
-        self._watchdog = watchdog
-        self.started_at = started_at
-        self.soft_at = soft_at
-        self.hard_at = hard_at
-        self.fired = False
-        self._due = soft_at
-        self._phase = _SOFT
-        self._live = True
-        self._injected = False
-        self._signal = False
-        self._ended_at: float | None = None
-        self._tid = threading.get_ident()
-        self._thread = threading.current_thread()
-        self._token: Token[_Checkable | None] | None = None
-
-    def disarm(self) -> None:
-        """End this deadline: after this returns the error is never delivered for it.
-
-        Clears an injection that is still pending. Idempotent; call it in a ``finally``.
-        """
-        wd = self._watchdog
-        stop_timer = False
-        ended = wd.clock()  # outside the lock: keep the section free of thread switches
-        with wd._lock:
-            if self._injected:
-                # First thing under the lock, before any bytecode that could let a pending
-                # injection land: drop it. The watchdog cannot inject again (it needs the lock).
-                _set_async_exc(self._tid, _NULL)
-            if self._live:
-                self._live = False
-                self._ended_at = ended
-                wd._live_count -= 1
-                # Subscripts, not a method call: the interpreter may switch threads after a
-                # call, and a thread switched out while holding the lock stalls every other.
-                scheduled = wd._scheduled
-                if self in scheduled:
-                    del scheduled[self]
-                if wd._signal_armed is self:
-                    wd._signal_armed = None
-                    stop_timer = True
-        if stop_timer:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        token, self._token = self._token, None
-        if token is not None and _current.get() is self:
-            try:  # noqa: SIM105 - cheaper than contextlib.suppress on every request
-                _current.reset(token)
-            except (ValueError, RuntimeError):
-                pass  # disarmed from another context: that context's value is not ours
-
-    def overran(self) -> bool:
-        """True if the request ended (or, while armed, is now) at or after the hard deadline."""
-        end = self._ended_at
-        if end is None:
-            end = self._watchdog.clock()
-        return end >= self.hard_at
-
-    def remaining(self) -> float:
-        """Seconds until the soft deadline; negative after it (frozen when disarmed)."""
-        end = self._ended_at
-        if end is None:
-            end = self._watchdog.clock()
-        return self.soft_at - end
-
-    def elapsed(self) -> float:
-        """Seconds from arming to disarming (or to now, while armed)."""
-        end = self._ended_at
-        if end is None:
-            end = self._watchdog.clock()
-        return end - self.started_at
-
-    def _check(self) -> None:
-        wd = self._watchdog
-        now = wd.clock()
-        if now < self.soft_at:
-            return
-        with wd._lock:
-            if not self._live:
-                return  # disarmed: a request that is over has no deadline
-            self.fired = True
-            while self._phase != _DONE and now >= self._phase_at(self._phase):
-                wd._advance_locked(self, now)
-            if self._injected and self._tid == threading.get_ident():
-                # One error for one deadline: drop a copy the watchdog may have queued.
-                _set_async_exc(self._tid, _NULL)
-        raise DeadlineExceededError("the task's soft deadline has passed")
-
-    def _phase_at(self, phase: int) -> float:
-        return self.soft_at if phase == _SOFT else self.hard_at
-
-    def __repr__(self) -> str:
-        state = "armed" if self._live else "disarmed"
-        return f"<Armed {state} remaining={self.remaining():.3f}s fired={self.fired}>"
-
-
-def _protected(frame: FrameType | None) -> bool:
-    """True if ``frame``'s thread is inside arm()/disarm() (no delivery there)."""
-    while frame is not None:
-        if frame.f_code in _PROTECTED:
-            return True
-        frame = frame.f_back
-    return False
-
-
-class Watchdog:
-    """The process's deadline watchdog: one thread, one set of armed deadlines, one lock.
-
-    Most code uses the module-level :func:`arm` (backed by :data:`default_watchdog`); a
-    separate instance is for tests that move time by hand.
-
-    Args:
-        clock: a monotonic clock in seconds (``time.monotonic``); inject one to test by
-            moving time, then call :meth:`fire_due` (or :meth:`wake`) after moving it.
-        signals: also use a ``SIGALRM`` timer for deadlines armed on the main thread, when
-            ``SIGALRM`` has no other handler (only with the real ``time.monotonic`` clock).
-        thread: start the watchdog thread on first use. Without it nothing fires unless
-            :meth:`fire_due` is called.
-        interrupt: raise the error in the armed thread at all (default: where the
-            interpreter supports it, see :data:`INTERRUPTS_SUPPORTED`). Without it a deadline
-            only keeps time: ``overran()``, ``remaining()`` and :func:`check_deadline`.
-
-    Example::
-
-        clock = FakeClock()
-        wd = Watchdog(clock=clock, thread=False)
-        armed = wd.arm(60, 10)
-        clock.advance(50)
-        wd.fire_due()          # raises DeadlineExceededError in the armed thread
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        signals: bool = True,
-        thread: bool = True,
-        interrupt: bool | None = None,
-    ) -> None:
-        if not callable(clock):
-            raise ConfigError(f"clock must be callable, got {clock!r}", value=clock)
-        self.clock = clock
-        self.interrupt = INTERRUPTS_SUPPORTED if interrupt is None else bool(interrupt)
-        self.use_signals = bool(signals) and clock is time.monotonic and self.interrupt
-        self._autostart = thread
-        self._init_state()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            wd = ref()
-            if wd is not None:
-                wd._init_state()
-
-        # The child of a fork has no watchdog thread and none of the parent's requests.
-        os.register_at_fork(after_in_child=after_fork)
-
-    def _init_state(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        # Armings with something left to deliver (insertion-ordered; the values are unused).
-        self._scheduled: dict[Armed, None] = {}
-        # When the watchdog thread looks next by itself: an arming due earlier must wake it.
-        self._sleep_until = math.inf
-        self._live_count = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._signal_armed: Armed | None = None
-        self._alarm_handler = self._on_alarm
-        # After a fork from another thread, that thread is the child's main thread.
-        self._main_thread = threading.main_thread()
-
-    # -- arming -----------------------------------------------------------------------
-
-    def arm(self, deadline: float, grace: float) -> Armed:
-        """Arm a deadline for the current thread: the error comes at ``deadline - grace`` s.
-
-        O(log n); starts no thread (except the one watchdog thread, the first time).
-        ``deadline``/``grace`` are seconds, already validated (see :func:`resolve_deadline`).
-        Also makes :func:`check_deadline` work in this thread until :meth:`Armed.disarm`.
-        """
-        now = self.clock()
-        armed = Armed(self, now, now + deadline - grace, now + deadline)
-        if not self.interrupt:
-            armed._phase = _DONE  # nothing to deliver: not scheduled, no signal
-            with self._lock:
-                self._live_count += 1
-            armed._token = _current.set(armed)
-            return armed
-        use_signal = (
-            self.use_signals and armed._thread is self._main_thread and self._signal_available()
-        )
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this deadline watchdog is closed")
-            if use_signal and self._signal_armed is None:
-                self._signal_armed = armed
-                armed._signal = True
-                armed._due += SIGNAL_FALLBACK
-            self._live_count += 1
-            self._scheduled[armed] = None
-            if armed._due < self._sleep_until:
-                self._sleep_until = armed._due
-                self._wake.notify()
-            if self._thread is None and self._autostart:
-                self._start_locked()
-        if armed._signal:
-            signal.setitimer(signal.ITIMER_REAL, max(armed.soft_at - now, 1e-6))
-        armed._token = _current.set(armed)
-        return armed
-
-    def _advance_locked(self, armed: Armed, now: float) -> None:
-        """Move ``armed`` past its current phase; schedule the hard-deadline delivery."""
-        armed._phase += 1
-        if armed._phase == _HARD and armed.hard_at > armed.soft_at:
-            armed._due = armed.hard_at + (SIGNAL_FALLBACK if armed._signal else 0.0)
-            if armed._signal and self._signal_armed is armed:
-                signal.setitimer(signal.ITIMER_REAL, max(armed.hard_at - now, 1e-6))
-        else:
-            armed._phase = _DONE
-            self._scheduled.pop(armed, None)
-
-    # -- firing -----------------------------------------------------------------------
-
-    def fire_due(self) -> int:
-        """Deliver every deadline that is due now; return how many were delivered.
-
-        The watchdog thread calls this; tests with an injected clock call it after moving
-        the clock.
-        """
-        with self._lock:
-            return self._fire_due_locked()[0]
-
-    def _fire_due_locked(self) -> tuple[int, float]:
-        """Deliver what is due; return how many were delivered and when the next one is due."""
-        now = self.clock()
-        delivered = 0
-        next_due = math.inf
-        for armed in list(self._scheduled):
-            if armed._due <= now:
-                outcome = self._deliver_locked(armed, now)
-                if outcome is None:
-                    armed._due = now + RETRY_INTERVAL  # inside arm()/disarm(): look again soon
-                elif outcome:
-                    delivered += 1
-                if armed not in self._scheduled:
-                    continue
-            next_due = min(next_due, armed._due)
-        return delivered, next_due
-
-    def _deliver_locked(self, armed: Armed, now: float) -> bool | None:
-        """Inject into ``armed``'s thread: True done, False dropped, None try again soon."""
-        tid = armed._tid
-        if not armed._thread.is_alive():
-            # The thread ended without disarming; its id may be reused: never inject.
-            armed._live = False
-            self._live_count -= 1
-            self._scheduled.pop(armed, None)
-            return False
-        frames = sys._current_frames()
-        if tid not in frames or _protected(frames[tid]):
-            return None
-        if not _set_async_exc(tid, DeadlineExceededError):
-            armed._live = False
-            self._live_count -= 1
-            self._scheduled.pop(armed, None)
-            return False
-        armed._injected = True
-        # The interpreter lock may have changed hands while this thread looked, letting the
-        # target move on. It is stopped now where the error will land: look once more, and
-        # take the error back if that is inside arm()/disarm().
-        frames = sys._current_frames()
-        if tid in frames and _protected(frames[tid]):
-            _set_async_exc(tid, _NULL)
-            return None
-        armed.fired = True
-        self._advance_locked(armed, now)
-        return True
-
-    def _start_locked(self) -> None:
-        thread = threading.Thread(
-            target=self._run, name="taskhandler-deadline-watchdog", daemon=True
-        )
-        self._thread = thread
-        thread.start()
-
-    def _run(self) -> None:
-        with self._lock:
-            while not self._closed:
-                due = self._fire_due_locked()[1]
-                self._sleep_until = due
-                wait = None if due == math.inf else max(due - self.clock(), 0.0)
-                self._wake.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
-
-    def wake(self) -> None:
-        """Make the watchdog thread look at its deadlines now (after moving an injected clock)."""
-        with self._lock:
-            self._wake.notify()
-
-    def close(self) -> None:
-        """Stop the watchdog thread (for instances made in tests); arming afterwards fails."""
-        with self._lock:
-            self._closed = True
-            self._wake.notify()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGALRM) == self._alarm_handler:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-
-    # -- the main thread's signal timer ----------------------------------------------------
-
-    def _signal_available(self) -> bool:
-        current = _getsignal(signal.SIGALRM)
-        if current == self._alarm_handler:
-            return True
-        if current == signal.SIG_DFL:
-            try:
-                signal.signal(signal.SIGALRM, self._alarm_handler)
-            except (ValueError, OSError):
-                self.use_signals = False  # e.g. not the main interpreter: the thread does it all
-                return False
-            return True
-        return False  # someone else uses SIGALRM: leave it to them, rely on the thread
-
-    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        armed = self._signal_armed
-        if armed is None:
-            return
-        if _protected(frame) or not self._lock.acquire(blocking=False):
-            # Inside arm()/disarm(), or the lock is busy: look again in a moment.
-            signal.setitimer(signal.ITIMER_REAL, 2 * RETRY_INTERVAL)
-            return
-        try:
-            if armed is not self._signal_armed or not armed._live or armed._phase == _DONE:
-                return
-            now = self.clock()
-            at = armed._phase_at(armed._phase)
-            if now < at:
-                signal.setitimer(signal.ITIMER_REAL, at - now)
-                return
-            armed.fired = True
-            self._advance_locked(armed, now)
-        finally:
-            self._lock.release()
-        raise DeadlineExceededError
-
-    # -- introspection ----------------------------------------------------------------------
-
-    @property
-    def scheduled_count(self) -> int:
-        """Armed deadlines the watchdog still has something to deliver for (never stale ones)."""
-        return len(self._scheduled)
-
-    @property
-    def armed_count(self) -> int:
-        """Deadlines currently armed."""
-        return self._live_count
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        """The watchdog thread, once started."""
-        return self._thread
-
-
-default_watchdog = Watchdog()
-"""The process's watchdog, used by :func:`arm` and the middlewares."""
-
-
-def arm(deadline: float, grace: float) -> Armed:
-    """Arm a deadline for the current thread on the process watchdog.
-
-    ``DeadlineExceededError`` is raised in this thread ``deadline - grace`` seconds from
-    now (and again at ``deadline`` if still running). Always pair with
-    :meth:`Armed.disarm` in a ``finally``.
-
-    Example::
-
-        armed = arm(600, 10)
-        try:
-            handler()
-        finally:
-            armed.disarm()
-        if armed.overran(): ...
-    """
-    return default_watchdog.arm(deadline, grace)
 
 
 def check_deadline() -> None:
@@ -685,270 +137,33 @@ def check_deadline() -> None:
         current._check()
 
 
-# -- asyncio ----------------------------------------------------------------------------------
-
-
-class AsyncArmed:
-    """A deadline for one async handler, driven on the running event loop.
-
-    Create it when the request starts (the clock starts then), then ``await
-    armed.run(handler_coroutine)``. See the module docstring for what is delivered where.
-
-    Args:
-        deadline: seconds from now to the hard deadline.
-        grace: how long before it ``DeadlineExceededError`` is raised.
-        clock: a monotonic clock in seconds.
-
-    Attributes:
-        started_at: clock time of creation.
-        soft_at, hard_at: clock times of the soft and hard deadlines.
-        fired: True once the error was raised in the handler.
-        longest_step: the longest time (s) the handler ran without awaiting, i.e. held
-            the event loop.
-
-    Example::
-
-        armed = AsyncArmed(60, 10)
-        result = await armed.run(handler(task))
-        if armed.overran(): ...
-    """
-
-    __slots__ = (
-        "_cancelled_waiter",
-        "_clock",
-        "_due",
-        "_ended_at",
-        "_loop",
-        "_phase",
-        "_started",
-        "_task",
-        "_task_cancels",
-        "_timer",
-        "_waiting",
-        "fired",
-        "hard_at",
-        "longest_step",
-        "soft_at",
-        "started_at",
-    )
-
-    def __init__(
-        self, deadline: float, grace: float, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        now = clock()
-        self._clock = clock
-        self.started_at = now
-        self.soft_at = now + deadline - grace
-        self.hard_at = now + deadline
-        self.fired = False
-        self.longest_step = 0.0
-        self._phase = _SOFT if self.hard_at > self.soft_at else _HARD
-        self._due = False
-        self._started = False
-        self._ended_at: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._task_cancels = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._waiting: object = None
-        self._cancelled_waiter: object = None
-
-    def remaining(self) -> float:
-        """Seconds until the soft deadline; negative after it (frozen once run() ends)."""
-        end = self._ended_at
-        if end is None:
-            end = self._clock()
-        return self.soft_at - end
-
-    def overran(self) -> bool:
-        """True if the handler ended (or, while running, is now) at or after the hard deadline."""
-        end = self._ended_at
-        if end is None:
-            end = self._clock()
-        return end >= self.hard_at
-
-    def elapsed(self) -> float:
-        """Seconds from creation until run() ended (or until now, before that)."""
-        end = self._ended_at
-        if end is None:
-            end = self._clock()
-        return end - self.started_at
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """Run ``awaitable`` (a coroutine) under this deadline; return its result.
-
-        Raises whatever it raises, ``DeadlineExceededError`` included. Usable once.
-        """
-        if self._started:
-            raise RuntimeError("an AsyncArmed runs one awaitable")
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        cancelling = getattr(self._task, "cancelling", None)
-        self._task_cancels = cancelling() if cancelling is not None else 0
-        token = _current.set(self)
-        self._schedule()
-        try:
-            return await _Driven(self, awaitable)
-        finally:
-            self._ended_at = self._clock()
-            self._phase = _DONE
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            _current.reset(token)
-
-    # The coroutine's task calls this generator's send()/throw(); it forwards to the handler.
-    def _drive(self, awaitable: Awaitable[T]) -> Generator[Any, Any, T]:
-        it: Any = awaitable.__await__()
-        value: Any = None
-        error: BaseException | None = None
-        clock = self._clock
-        while True:
-            started = clock()
-            try:
-                yielded = it.send(value) if error is None else it.throw(error)
-            except StopIteration as stop:
-                self._step_took(clock() - started)
-                result: T = stop.value
-                return result
-            except BaseException:
-                self._step_took(clock() - started)
-                raise
-            now = clock()
-            self._step_took(now - started)
-            value = error = None
-            if self._is_due(now):
-                # Deliver at this await: cancel what it waits on, raise there instead.
-                cancel = getattr(yielded, "cancel", None)
-                if cancel is not None:
-                    cancel()
-                error = self._deliver()
-                continue
-            self._waiting = yielded
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                it.close()
-                raise
-            except BaseException as exc:  # forwarded to the handler below
-                error = exc
-            finally:
-                self._waiting = None
-            if (
-                isinstance(error, asyncio.CancelledError)
-                and yielded is self._cancelled_waiter
-                and not self._cancelled_from_outside()
-            ):
-                # The cancellation is ours (the deadline): turn it into the deadline error.
-                self._cancelled_waiter = None
-                error = self._deliver()
-            elif error is None and yielded is None and self._is_due(clock()):
-                error = self._deliver()
-
-    def _step_took(self, seconds: float) -> None:
-        if seconds > self.longest_step:
-            self.longest_step = seconds
-
-    def _cancelled_from_outside(self) -> bool:
-        cancelling = getattr(self._task, "cancelling", None)
-        return cancelling is not None and cancelling() > self._task_cancels
-
-    def _is_due(self, now: float) -> bool:
-        if self._phase == _DONE:
-            return False
-        return self._due or now >= (self.soft_at if self._phase == _SOFT else self.hard_at)
-
-    def _deliver(self) -> DeadlineExceededError:
-        self.fired = True
-        self._due = False
-        self._phase += 1
-        self._schedule()
-        return DeadlineExceededError()
-
-    def _schedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._phase == _DONE or self._loop is None:
-            return
-        at = self.soft_at if self._phase == _SOFT else self.hard_at
-        self._timer = self._loop.call_later(max(0.0, at - self._clock()), self._on_due)
-
-    def _on_due(self) -> None:
-        self._timer = None
-        if self._phase == _DONE or self._ended_at is not None:
-            return
-        at = self.soft_at if self._phase == _SOFT else self.hard_at
-        if self._clock() < at:
-            self._schedule()
-            return
-        self._due = True
-        waiting = self._waiting
-        cancel = getattr(waiting, "cancel", None)
-        # Wake the task by cancelling the future it waits on; if that future is already
-        # done, its result goes through and the error comes at the next await.
-        if cancel is not None and cancel():
-            self._cancelled_waiter = waiting
-
-    def _check(self) -> None:
-        now = self._clock()
-        if now < self.soft_at or self._ended_at is not None:
-            return
-        self.fired = True
-        while self._phase != _DONE and now >= (
-            self.soft_at if self._phase == _SOFT else self.hard_at
-        ):
-            self._phase += 1
-        self._due = False
-        self._schedule()
-        raise DeadlineExceededError("the task's soft deadline has passed")
-
-    def __repr__(self) -> str:
-        return f"<AsyncArmed remaining={self.remaining():.3f}s fired={self.fired}>"
-
-
-class _Driven(Generic[T]):
-    __slots__ = ("_armed", "_awaitable")
-
-    def __init__(self, armed: AsyncArmed, awaitable: Awaitable[T]) -> None:
-        self._armed = armed
-        self._awaitable = awaitable
-
-    def __await__(self) -> Generator[Any, Any, T]:
-        return self._armed._drive(self._awaitable)
-
-
-def arm_async(
-    deadline: float, grace: float, *, clock: Callable[[], float] = time.monotonic
-) -> AsyncArmed:
-    """Start a deadline for an async handler; run it with ``await armed.run(coro)``."""
-    return AsyncArmed(deadline, grace, clock=clock)
-
-
-async def run_async(awaitable: Awaitable[T], deadline: float, grace: float) -> T:
-    """Await ``awaitable`` under a deadline; return its result.
-
-    ``DeadlineExceededError`` is raised at the ``await`` where the handler is suspended
-    ``deadline - grace`` seconds from now. Also raised here, after the fact, when the
-    handler returned at or after ``deadline`` (it swallowed the error, or blocked the loop).
-
-    Example::
-
-        result = await run_async(handler(task), 600, 10)
-    """
-    armed = AsyncArmed(deadline, grace)
-    result = await armed.run(awaitable)
-    if armed.overran():
-        raise DeadlineExceededError("the handler returned after its deadline")
-    return result
-
-
-_PROTECTED: frozenset[CodeType] = frozenset(
+# transition: remove once the adapters import the machinery directly
+_WATCHDOG_NAMES = frozenset(
     {
-        arm.__code__,
-        Watchdog.arm.__code__,
-        Armed.disarm.__code__,
-        Watchdog._on_alarm.__code__,
+        "INTERRUPTS_SUPPORTED",
+        "RETRY_INTERVAL",
+        "SIGNAL_FALLBACK",
+        "Armed",
+        "Watchdog",
+        "arm",
+        "default_watchdog",
     }
 )
+_ASYNC_NAMES = frozenset({"AsyncArmed", "arm_async", "run_async"})
+
+
+def __getattr__(name: str) -> Any:
+    """The machinery's names, loaded on first use, for callers not yet moved to its modules."""
+    # transition: remove once the adapters import the machinery directly
+    if name in _WATCHDOG_NAMES:
+        from . import _watchdog
+
+        value = getattr(_watchdog, name)
+    elif name in _ASYNC_NAMES:
+        from . import _async_deadline
+
+        value = getattr(_async_deadline, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

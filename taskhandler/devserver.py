@@ -11,7 +11,9 @@ One process runs, on one machine and with no cloud account, the whole loop:
   retry count, and *run now*, *delete*, *purge*.
 
 Development trust believes any request's task headers, so the server refuses to listen on an
-address other than loopback.
+address other than loopback, and answers only requests addressed to a loopback name
+(:func:`allowed_host`): a web page whose own DNS name is made to resolve to 127.0.0.1 (DNS
+rebinding) gets ``400 Host not allowed`` and reaches neither the app nor the console.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ._types import ASGIApplication, Receive, Scope, Send, StartResponse, WSGIApplication
-from .auth import SignedCookieAuth
+from .auth import LOGOUT_PATH, SignedCookieAuth, same_origin
 from .config import AppConfig, load_app_yaml
 from .exceptions import ConfigError
 from .taskqueue import LocalTaskQueue, load_queue_yaml, use
@@ -60,6 +62,103 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# A Host header: a registered name or IPv4 address, or an IPv6 literal in brackets, and an
+# optional port. Anything else (user-info, spaces, a comma from two joined Host headers,
+# a path) is not a Host a browser sends.
+_HOST = re.compile(
+    r"(?P<name>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
+)
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SHOWN_HOST_CHARS = 100
+
+
+def _host_name(name: str) -> str:
+    """A host or bind address compared by value: lower case, IPs in their canonical form."""
+    name = name.lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
+
+
+def allowed_host(host: str | None, bound: str) -> bool:
+    """Whether the development server answers a request whose ``Host`` header is ``host``.
+
+    The server listens on loopback only, but a browser will still send it the requests of
+    a page on ``evil.example`` once that name resolves to 127.0.0.1 (DNS rebinding); the
+    ``Host`` header is then ``evil.example``. Allowed are only names that no one else can
+    make resolve here, with any port (a forwarded port, e.g. ``ssh -L``, changes it):
+
+    - ``localhost`` and ``*.localhost`` (browsers resolve these to loopback themselves);
+    - an IPv4 address in 127.0.0.0/8 in dotted-quad form (what a browser sends, even for a
+      URL written ``127.1`` or ``0x7f.1``), and ``[::1]``;
+    - the address the server is bound to (``--host``), spelt the same way.
+
+    Refused: every other name, a trailing dot (``localhost.``), a missing or empty
+    ``Host``, two ``Host`` headers (joined with a comma), user-info (``a@127.0.0.1``),
+    ``0.0.0.0``, and IPv4-mapped IPv6 (``[::ffff:127.0.0.1]``).
+
+    Example::
+
+        >>> allowed_host("localhost:8080", "127.0.0.1")
+        True
+        >>> allowed_host("evil.example:8080", "127.0.0.1")
+        False
+    """
+    if not host:
+        return False
+    match = _HOST.fullmatch(host)
+    if match is None or (match["port"] is not None and int(match["port"]) > 65535):
+        return False
+    name = match["name"].lower()
+    if name.startswith("["):
+        try:
+            if ipaddress.IPv6Address(name[1:-1]).is_loopback:
+                return True
+        except ValueError:
+            return False
+    elif name == "localhost" or (
+        name.endswith(".localhost") and all(_LABEL.fullmatch(label) for label in name.split("."))
+    ):
+        return True
+    else:
+        try:
+            if ipaddress.IPv4Address(name).is_loopback:
+                return True
+        except ValueError:
+            pass
+    return _host_name(name) == _host_name(bound)
+
+
+def _shown_host(host: str | None) -> str:
+    """The refused ``Host`` as one short line of printable ASCII."""
+    if not host:
+        return "(none)"
+    text = "".join(c if " " <= c <= "~" else "?" for c in host[:_SHOWN_HOST_CHARS])
+    return text + ("..." if len(host) > _SHOWN_HOST_CHARS else "")
+
+
+def _refusal(host: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The ``400`` answer to a request for a ``Host`` the server does not answer."""
+    shown = _shown_host(host)
+    logger.warning(
+        "refused a request for Host %s: the development server answers loopback names "
+        "only (localhost, 127.0.0.1, [::1]) so that other sites cannot reach it "
+        "through DNS rebinding",
+        shown,
+    )
+    body = f"Host not allowed: {shown}\n".encode()
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+    ]
+    return "400 Bad Request", headers, body
 
 
 def app_target(app: str | None, config: AppConfig | None) -> str:
@@ -142,10 +241,15 @@ class QueueConsole:
             return self._page(start_response, "403 Forbidden", "<p>Administrators only.</p>")
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") == "POST":
+            # Every action changes state: it must come from the console's own page.
+            if not same_origin(request):
+                return self._page(
+                    start_response, "403 Forbidden", "<p>Cross-site request refused.</p>"
+                )
             return self._act(environ, start_response, path)
         if path.rstrip("/") != CONSOLE_PATH:
             return self._page(start_response, "404 Not Found", "<p>Not found.</p>")
-        return self._page(start_response, "200 OK", self._overview())
+        return self._page(start_response, "200 OK", _signed_in(user.email) + self._overview())
 
     def _act(
         self, environ: dict[str, Any], start_response: StartResponse, path: str
@@ -250,14 +354,33 @@ class QueueConsole:
         return [page]
 
 
-class _Router:
-    """Sends console paths to the console and everything else to the app (WSGI)."""
+def _signed_in(email: str) -> str:
+    logout = f"{LOGOUT_PATH}?{urllib.parse.urlencode({'continue': CONSOLE_PATH})}"
+    return (
+        f'<p id="current">Signed in as {html.escape(email)} (administrator). '
+        f'<a id="logout" href="{html.escape(logout)}">Sign out</a></p>'
+    )
 
-    def __init__(self, app: WSGIApplication, console: QueueConsole) -> None:
+
+class _Router:
+    """Refuses foreign ``Host`` names, then sends console paths to the console and
+    everything else to the app (WSGI)."""
+
+    def __init__(
+        self, app: WSGIApplication, console: QueueConsole, *, bound: str = "127.0.0.1"
+    ) -> None:
         self.app = app
         self.console = console
+        self.bound = bound
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # werkzeug joins repeated headers with "," (never valid in a Host) and leaves
+        # HTTP_HOST out when the request has none.
+        host = environ.get("HTTP_HOST")
+        if not allowed_host(host, self.bound):
+            status, headers, body = _refusal(host)
+            start_response(status, headers)
+            return [body]
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         if path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/"):
             return self.console(environ, start_response)
@@ -265,13 +388,24 @@ class _Router:
 
 
 class _AsgiRouter:
-    """The ASGI counterpart: console requests run the WSGI console in a thread."""
+    """The ASGI counterpart: foreign ``Host`` names refused (HTTP and WebSocket), console
+    requests run the WSGI console in a thread."""
 
-    def __init__(self, app: ASGIApplication, console: QueueConsole) -> None:
+    def __init__(
+        self, app: ASGIApplication, console: QueueConsole, *, bound: str = "127.0.0.1"
+    ) -> None:
         self.app = app
         self.console = console
+        self.bound = bound
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            # Copies joined with "," as a WSGI server does (never valid in a Host).
+            values = [v for k, v in scope.get("headers", []) if k.lower() == b"host"]
+            host = b",".join(values).decode("latin-1") if values else None
+            if not allowed_host(host, self.bound):
+                await _refuse(scope, send, host)
+                return
         path = scope.get("root_path", "") + scope.get("path", "")
         if scope["type"] != "http" or not (
             path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/")
@@ -325,6 +459,22 @@ class _AsgiRouter:
         await send({"type": "http.response.body", "body": chunks})
 
 
+async def _refuse(scope: Scope, send: Send, host: str | None) -> None:
+    status, headers, body = _refusal(host)
+    if scope["type"] == "websocket":
+        # Closing before accepting makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status.split()[0]),
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -361,7 +511,11 @@ def build(args: argparse.Namespace) -> tuple[Any, LocalTaskQueue, bool]:
         wrapped = TaskMiddleware(app, trust=trust, config=config, authenticator=auth)
     queue = LocalTaskQueue(wrapped, db=args.db or DEFAULT_DB, queues=queues)
     console = QueueConsole(queue, auth)
-    served = _AsgiRouter(wrapped, console) if asgi else _Router(wrapped, console)
+    served: Any
+    if asgi:
+        served = _AsgiRouter(wrapped, console, bound=args.host)
+    else:
+        served = _Router(wrapped, console, bound=args.host)
     return served, queue, asgi
 
 

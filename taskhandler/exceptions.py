@@ -1,7 +1,7 @@
 """The error tree: one base, narrow subclasses that carry what is needed to debug.
 
-``DeadlineExceededError`` is not here: it derives from ``BaseException`` so that
-``except Exception`` does not swallow it, and lives in :mod:`taskhandler.deadline`.
+``DeadlineExceededError`` stands apart: it derives from ``BaseException`` so that
+``except Exception`` does not swallow it (see :mod:`taskhandler.deadline`).
 """
 
 from __future__ import annotations
@@ -87,3 +87,24 @@ class PermanentTaskFailure(TaskHandlerError):
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class DeadlineExceededError(BaseException):
+    """Raised inside a task handler shortly before its deadline, so it can save its work.
+
+    Derives from ``BaseException``: ``except Exception`` does not swallow it, and ``finally``
+    blocks run as it propagates. Raised ``grace`` seconds before the task deadline, and once
+    more at the deadline itself if the handler is still running.
+
+    Example::
+
+        try:
+            for item in work:
+                process(item)
+        except DeadlineExceededError:
+            save_cursor(item)      # a few seconds left: record progress, then fail
+            raise                  # the queue retries the task
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("the task deadline is near: save your work and return",)))

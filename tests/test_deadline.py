@@ -9,6 +9,7 @@ an empty ``while True: pass``.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import random
 import subprocess
 import sys
@@ -20,22 +21,23 @@ from typing import Any
 
 import pytest
 
+from taskhandler._watchdog import (
+    INTERRUPTS_SUPPORTED,
+    SIGNAL_FALLBACK,
+    Armed,
+    Watchdog,
+    arm,
+    default_watchdog,
+)
 from taskhandler.context import TaskContext
 from taskhandler.deadline import (
     AUTOMATIC_SCALING_DEADLINE,
     BASIC_SCALING_DEADLINE,
     DEFAULT_GRACE,
-    INTERRUPTS_SUPPORTED,
-    SIGNAL_FALLBACK,
-    Armed,
-    DeadlineExceededError,
-    Watchdog,
-    arm,
     check_deadline,
-    default_watchdog,
     resolve_deadline,
 )
-from taskhandler.exceptions import ConfigError
+from taskhandler.exceptions import ConfigError, DeadlineExceededError
 from tests.servers import ROOT
 
 needs_interrupts = pytest.mark.skipif(
@@ -734,13 +736,50 @@ def test_closed_watchdog_refuses_to_arm():
         wd.arm(30, 10)
 
 
+def test_watchdog_starts_on_first_arm_not_at_import():
+    """Importing the machinery starts no thread and hooks no fork; the first arm() does both,
+    once (the thread only where the interpreter can interrupt threads)."""
+    script = textwrap.dedent(
+        """
+        import json, os, threading
+        hooks = []
+        register = os.register_at_fork
+        def recording(**kwargs):
+            hooks.extend(f.__module__ for f in kwargs.values())
+            register(**kwargs)
+        os.register_at_fork = recording
+
+        import taskhandler, taskhandler.deadline
+        from taskhandler._watchdog import arm, default_watchdog
+        ours = lambda: [m for m in hooks if m == "taskhandler._watchdog"]
+        seen = {"import": [threading.active_count(), default_watchdog.thread is None, ours()]}
+        arm(30, 10).disarm()
+        seen["first arm"] = [threading.active_count(), default_watchdog.thread is None, ours()]
+        arm(30, 10).disarm()
+        seen["second arm"] = [threading.active_count(), default_watchdog.thread is None, ours()]
+        print(json.dumps(seen))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=30, check=True, cwd=ROOT
+    )
+    started = [2, False] if INTERRUPTS_SUPPORTED else [1, True]
+    hooked = [["taskhandler._watchdog"]]
+    assert json.loads(done.stdout) == {
+        "import": [1, True, []],
+        "first arm": started + hooked,
+        "second arm": started + hooked,
+    }
+
+
 @needs_interrupts
 def test_fork_child_gets_a_fresh_watchdog(tmp_path: Any):
     """After fork() the child arms and is interrupted by its own watchdog thread."""
     script = textwrap.dedent(
         """
         import os, sys, time
-        from taskhandler.deadline import arm, default_watchdog, DeadlineExceededError
+        from taskhandler._watchdog import arm, default_watchdog
+        from taskhandler.exceptions import DeadlineExceededError
 
         arm(30, 10).disarm()                      # the parent's watchdog thread is running
         pid = os.fork()

@@ -15,13 +15,9 @@ from typing import Any
 
 import pytest
 
-from taskhandler.deadline import (
-    AsyncArmed,
-    DeadlineExceededError,
-    arm_async,
-    check_deadline,
-    run_async,
-)
+from taskhandler._async_deadline import AsyncArmed, arm_async, run_async
+from taskhandler.deadline import check_deadline
+from taskhandler.exceptions import DeadlineExceededError
 
 LIMIT = 5.0
 SOFT = (0.2, 0.18)  # deadline, grace: the error comes 20 ms after the start

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from taskhandler import asgi, wsgi
+from taskhandler._watchdog import INTERRUPTS_SUPPORTED
 from taskhandler.context import current_task
-from taskhandler.deadline import INTERRUPTS_SUPPORTED, DeadlineExceededError
+from taskhandler.exceptions import DeadlineExceededError
 from taskhandler.trust import TrustPolicy
 
 from .servers import serve

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -147,6 +148,44 @@ def test_console_run_now_delete_and_purge(devserver: tuple[str, Path]) -> None:
         assert bad.status_code == 403
 
 
+def test_console_shows_who_is_signed_in(devserver: tuple[str, Path]) -> None:
+    """The console names the signed-in administrator and links to the sign-out page."""
+    with _client(devserver[0], email="admin@example.com", admin=True) as client:
+        page = client.get("/_ah/admin/queues").text
+    assert "Signed in as admin@example.com (administrator)" in page
+    assert 'href="/_ah/logout?continue=%2F_ah%2Fadmin%2Fqueues"' in page
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"Origin": "http://evil.example"}, 403, id="cross-site Origin"),
+        pytest.param({"Origin": "null"}, 403, id="opaque Origin"),
+        pytest.param({"Sec-Fetch-Site": "cross-site"}, 403, id="cross-site fetch"),
+        pytest.param({"Sec-Fetch-Site": "same-site"}, 403, id="sibling site"),
+        pytest.param({"Origin": "SAME"}, 303, id="same Origin"),
+        pytest.param({"Sec-Fetch-Site": "same-origin"}, 303, id="same-origin fetch"),
+    ],
+)
+def test_console_actions_refuse_cross_site(
+    devserver: tuple[str, Path], headers: dict[str, str], status: int
+) -> None:
+    """A console action another site makes the browser send is refused, even with the token."""
+    base_url, _ = devserver
+    name = f"csrf-{secrets.token_hex(4)}"
+    headers = {k: base_url if v == "SAME" else v for k, v in headers.items()}
+    with _client(base_url, email="admin@example.com", admin=True) as client:
+        client.get("/enqueue", params={"name": name, "countdown": "3600"})
+        page = client.get("/_ah/admin/queues").text
+        token = re.search(r'name="token" value="([^"]+)"', page)
+        assert token is not None
+        data = {"token": token[1], "queue": "default", "name": name}
+        response = client.post("/_ah/admin/queues/delete", data=data, headers=headers)
+        assert response.status_code == status
+        still_there = f'data-task="{name}"' in client.get("/_ah/admin/queues").text
+    assert still_there is (status == 403)
+
+
 def test_refuses_non_loopback_host(tmp_path: Path) -> None:
     """Development trust is refused on a non-loopback address: exit status 2 and why."""
     proc = subprocess.run(
@@ -186,7 +225,7 @@ CHROMIUM_ARGS = [
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
 def test_console_in_a_browser(devserver: tuple[str, Path]) -> None:
-    """An admin signs in from the console's redirect, runs one task now and deletes another."""
+    """An admin signs in from the console's redirect, runs a task now, deletes one, signs out."""
     sync_api = pytest.importorskip("playwright.sync_api")
     base_url, log = devserver
     with _client(base_url) as client:
@@ -214,6 +253,15 @@ def test_console_in_a_browser(devserver: tuple[str, Path]) -> None:
             page.click("tr[data-task='browser-delete'] button[data-action='delete']")
             page.wait_for_url(f"{base_url}/_ah/admin/queues")
             sync_api.expect(page.locator("tr[data-task='browser-delete']")).to_have_count(0)
+
+            # Sign out from the console: its link shows the confirmation page, whose button
+            # signs out and comes back to the console, which now asks to sign in.
+            page.click("#logout")
+            page.wait_for_url(f"{base_url}/_ah/logout?**")
+            sync_api.expect(page.locator("#current")).to_contain_text("ada@example.com")
+            page.click("#submit-logout")
+            page.wait_for_url(f"{base_url}/_ah/login?**")
+            sync_api.expect(page.locator("#email")).to_be_visible()
         finally:
             browser.close()
     assert not any(h["task_name"] == "browser-delete" for h in _handled(log))

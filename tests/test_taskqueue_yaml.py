@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from taskhandler.taskqueue import (
     QueueConfig,
     RetryParameters,
     RetryPolicy,
+    _queue_yaml,
     describe_queue_yaml,
     format_rate,
     load_queue_yaml,
@@ -306,3 +308,72 @@ def test_describe_queue_yaml(tmp_path: Path) -> None:
     mail = next(line for line in lines if line.startswith("mail "))
     assert mail.split()[:6] == ["mail", "push", "10/m", "20", "3", "v2.worker"]
     assert "7 retries or 172800 s; backoff 10-200 s, 2 doublings" in mail
+
+
+HOSTILE_QUEUE_FILES = [
+    pytest.param(
+        "base: &b {rate: 1/s}\nqueue:\n- <<: *b\n  name: a\n", 1, "anchor &b", id="merge via anchor"
+    ),
+    pytest.param("queue:\n- <<: {rate: 1/s}\n  name: a\n", 2, "merge keys", id="merge key"),
+    pytest.param("queue:\n- name: a\n  rate: !!int x\n", 3, "!!int", id="int tag on text"),
+    pytest.param("queue:\n- name: !!binary YQ==\n", 2, "!!binary", id="binary tag"),
+    pytest.param("queue:\n- name: a\n  name: b\n", 3, "duplicate key 'name'", id="duplicate key"),
+    pytest.param("queue:\n- name: a\nqueue: []\n", 3, "duplicate key 'queue'", id="second queue"),
+    pytest.param("queue: " + "[" * 1000 + "\n", 1, "", id="deep nesting"),
+    pytest.param(
+        "queue:\n- name: a\n  rate: '" + "9" * 100_000 + "/s'\n",
+        3,
+        "rate '99999",
+        id="huge rate",
+    ),
+    pytest.param(
+        "queue:\n- name: a\n  acl:\n  - user: x@example.com\n",
+        4,
+        "unknown key 'user' in acl[1]",
+        id="unknown acl key",
+    ),
+    pytest.param("queue:\n- name: a\n  retry_parameters: 5\n", 3, "mapping", id="retry not a map"),
+    pytest.param("total_storage_limit: [1]\n", 1, "single value", id="limit a list"),
+    pytest.param("queue:\n- name: [a]\n", 2, "single value", id="name a list"),
+    pytest.param("1: x\n", 1, "unknown key '1'", id="number as a key"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "words"), HOSTILE_QUEUE_FILES)
+def test_hostile_queue_yaml(tmp_path: Path, text: str, line: int, words: str) -> None:
+    """Unsafe or odd YAML in queue.yaml is a short ConfigError with file and line, never a crash."""
+    path = tmp_path / "queue.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_queue_yaml(path)
+    assert (info.value.path, info.value.line) == (str(path), line)
+    assert words in str(info.value)
+    assert len(str(info.value)) < len(str(path)) + 300
+
+
+def _queueinfo() -> Any:
+    try:
+        from google.appengine.api import queueinfo
+    except ImportError:
+        return None
+    return queueinfo
+
+
+@pytest.mark.skipif(
+    _queueinfo() is None,
+    reason="App Engine's queueinfo (package appengine-python-standard, a test dependency) "
+    "is not importable, so the queue.yaml keys cannot be compared with it",
+)
+def test_queue_keys_match_app_engine() -> None:
+    """queue.yaml's keys, at every level, are App Engine's queueinfo ATTRIBUTES."""
+    queueinfo = _queueinfo()
+    assert set(queueinfo.QueueInfoExternal.ATTRIBUTES) == _queue_yaml._TOP_KEYS
+    assert set(queueinfo.QueueEntry.ATTRIBUTES) == _queue_yaml._QUEUE_KEYS
+    assert set(queueinfo.RetryParameters.ATTRIBUTES) == _queue_yaml._RETRY_KEYS
+    assert set(queueinfo.Acl.ATTRIBUTES) == set(_queue_yaml._ACL_SCHEMA.item.keys)  # type: ignore[union-attr]
+
+
+def test_sample_queue_yaml_loads() -> None:
+    """The realistic queue.yaml sample loads."""
+    queues = load_queue_yaml(Path(__file__).parent / "data" / "config" / "queue.yaml")
+    assert list(queues) == ["default", "mail", "inbox"]

@@ -21,7 +21,8 @@ from taskhandler import (
     User,
     current_task,
 )
-from taskhandler.deadline import INTERRUPTS_SUPPORTED, DeadlineExceededError, default_watchdog
+from taskhandler._watchdog import INTERRUPTS_SUPPORTED, default_watchdog
+from taskhandler.deadline import DeadlineExceededError
 
 TASK = {"HTTP_X_APPENGINE_QUEUENAME": "default", "HTTP_X_APPENGINE_TASKNAME": "task-1"}
 

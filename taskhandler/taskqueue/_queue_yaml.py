@@ -48,7 +48,10 @@ def parse_rate(text: str) -> float:
         raise ValueError(
             f"rate {shown(text)} is not NUMBER/UNIT with UNIT one of s, m, h, d (or 0)"
         )
-    return float(match["number"]) / _UNIT_SECONDS[match["unit"]]
+    rate = float(match["number"]) / _UNIT_SECONDS[match["unit"]]
+    if not math.isfinite(rate):
+        raise ValueError(f"rate {shown(text)} is too large")
+    return rate
 
 
 def parse_duration(text: str) -> float:
@@ -60,7 +63,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION_RE.match(text.strip())
     if match is None:
         raise ValueError(f"duration {shown(text)} is not NUMBER followed by s, m, h or d")
-    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {shown(text)} is too large")
+    return seconds
 
 
 @dataclass(frozen=True)
