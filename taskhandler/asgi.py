@@ -49,7 +49,8 @@ from ._response import OUTCOME_HEADER, Response, plain_response
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from .context import TaskContext
 from .context import _current as _current_task
-from .deadline import AsyncArmed, arm, arm_async
+from ._async_deadline import AsyncArmed, arm_async
+from ._watchdog import arm
 from .exceptions import PermanentTaskFailure
 from .handler import (
     MAX_BODY,

@@ -27,22 +27,9 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from .exceptions import ConfigError, DeadlineExceededError
-
-if TYPE_CHECKING:
-    # transition: remove once the adapters import the machinery directly
-    from ._async_deadline import AsyncArmed as AsyncArmed
-    from ._async_deadline import arm_async as arm_async
-    from ._async_deadline import run_async as run_async
-    from ._watchdog import INTERRUPTS_SUPPORTED as INTERRUPTS_SUPPORTED
-    from ._watchdog import RETRY_INTERVAL as RETRY_INTERVAL
-    from ._watchdog import SIGNAL_FALLBACK as SIGNAL_FALLBACK
-    from ._watchdog import Armed as Armed
-    from ._watchdog import Watchdog as Watchdog
-    from ._watchdog import arm as arm
-    from ._watchdog import default_watchdog as default_watchdog
 
 __all__ = [
     "AUTOMATIC_SCALING_DEADLINE",
@@ -135,35 +122,3 @@ def check_deadline() -> None:
     current = _current.get()
     if current is not None:
         current._check()
-
-
-# transition: remove once the adapters import the machinery directly
-_WATCHDOG_NAMES = frozenset(
-    {
-        "INTERRUPTS_SUPPORTED",
-        "RETRY_INTERVAL",
-        "SIGNAL_FALLBACK",
-        "Armed",
-        "Watchdog",
-        "arm",
-        "default_watchdog",
-    }
-)
-_ASYNC_NAMES = frozenset({"AsyncArmed", "arm_async", "run_async"})
-
-
-def __getattr__(name: str) -> Any:
-    """The machinery's names, loaded on first use, for callers not yet moved to its modules."""
-    # transition: remove once the adapters import the machinery directly
-    if name in _WATCHDOG_NAMES:
-        from . import _watchdog
-
-        value = getattr(_watchdog, name)
-    elif name in _ASYNC_NAMES:
-        from . import _async_deadline
-
-        value = getattr(_async_deadline, name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from ._response import OUTCOME_HEADER, Response, plain_response
-from .exceptions import PermanentTaskFailure, RetryTask
+from .exceptions import DeadlineExceededError, PermanentTaskFailure, RetryTask
 
 if TYPE_CHECKING:
     from .context import TaskContext
@@ -54,8 +54,6 @@ def outcome_for_status(status: int) -> Outcome:
 
 def result_for_exception(exc: BaseException) -> Result:
     """Map what a handler raised to the status the queue should see."""
-    from .deadline import DeadlineExceededError
-
     if isinstance(exc, RetryTask):
         return Result(exc.status, "retry", exc.reason or "RetryTask")
     if isinstance(exc, PermanentTaskFailure):

@@ -39,7 +39,7 @@ from ._response import Response, plain_response, status_line
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from .context import TaskContext, current_task
 from .context import _current as _current_task
-from .deadline import arm
+from ._watchdog import arm
 from .exceptions import PermanentTaskFailure
 from .handler import (
     MAX_BODY,

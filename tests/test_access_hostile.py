@@ -393,9 +393,25 @@ def test_sign_in_never_redirects_off_site(cookie_server: Server, value: str, exp
 def test_sign_out_never_redirects_off_site(
     cookie_server: Server, value: str, expected: str
 ) -> None:
-    """``/_ah/logout?continue=`` clears the cookie and stays on the site."""
+    """Signing out from ``/_ah/logout?continue=`` clears the cookie and stays on the site."""
     target = b"/_ah/logout?" + urlencode({"continue": value}).encode()
-    response = cookie_server.send("GET", target, _cookie(_signed()))
+    page = cookie_server.send("GET", target, _cookie(_signed()))
+    assert status_of(page) == 200
+    assert f'name="continue" value="{expected}"'.encode() in page
+    csrf = next(
+        c.split(";", 1)[0]
+        for c in _headers(page)["set-cookie"]
+        if c.startswith(f"{COOKIE}_csrf=")
+    )
+    response = cookie_server.send(
+        "POST",
+        b"/_ah/logout",
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"{COOKIE}={_signed()}; {csrf}",
+        },
+        urlencode({"continue": value, "csrf": csrf.split("=", 1)[1]}).encode(),
+    )
     assert status_of(response) == 302
     headers = _headers(response)
     assert headers["location"] == [expected]

@@ -165,17 +165,8 @@ def describe(
 
 
 # Cycles known today, each to be broken by the change named; strict: drop the mark then.
-ADAPTERS_REWRITE = "asgi and handler import each other until the adapters are rewritten"
-DEADLINE_SHIM = (
-    "the transition shim in deadline.py loads the machinery until the adapters import it"
-)
 TASKQUEUE_TYPES = "taskqueue._task imports taskqueue._api for its types; _api imports _task"
 KNOWN_CYCLES = {
-    "taskhandler.asgi": ADAPTERS_REWRITE,
-    "taskhandler.handler": ADAPTERS_REWRITE,
-    "taskhandler.deadline": DEADLINE_SHIM,
-    "taskhandler._watchdog": DEADLINE_SHIM,
-    "taskhandler._async_deadline": DEADLINE_SHIM,
     "taskhandler.taskqueue._api": TASKQUEUE_TYPES,
     "taskhandler.taskqueue._task": TASKQUEUE_TYPES,
 }
@@ -373,6 +364,10 @@ CORE = [
     pytest.param("taskhandler.config", id="config"),
     pytest.param("taskhandler.outcome", id="outcome"),
     pytest.param("taskhandler.deadline", id="deadline"),
+    pytest.param("taskhandler._request", id="request view"),
+    pytest.param("taskhandler._response", id="response"),
+    pytest.param("taskhandler._decision", id="decision"),
+    pytest.param("taskhandler.handler", id="handler"),
 ]
 
 
