@@ -12,9 +12,9 @@ from .config import load_app_yaml as load_app_yaml
 from .config import load_web_xml as load_web_xml
 from .context import TaskContext as TaskContext
 from .context import current_task as current_task
-from .exceptions import DeadlineExceededError as DeadlineExceededError
 from .deadline import check_deadline as check_deadline
 from .exceptions import ConfigError as ConfigError
+from .exceptions import DeadlineExceededError as DeadlineExceededError
 from .exceptions import InvalidTaskHeaders as InvalidTaskHeaders
 from .exceptions import PermanentTaskFailure as PermanentTaskFailure
 from .exceptions import RetryTask as RetryTask

@@ -212,7 +212,7 @@ def who_is_asking(
     trust = settings.trust
     if not view.task_headers:
         return "development" if trust.mode == "development" else None
-    trusted_by = trust.source(view.peer, view.headers.get)
+    trusted_by = trust.source(view.peer, view.headers.get, folded=view.folded)
     if trusted_by is None and settings.authenticator is not None:
         signed_in = user()
         if signed_in is not None and signed_in.is_admin:
@@ -240,7 +240,7 @@ def access_refusal(
     return access.check_path(view.path) or access.check_access(
         settings.rules,
         path=view.path,
-        scheme=trust.scheme(view.scheme, view.peer, view.headers.get),
+        scheme=trust.scheme(view.scheme, view.peer, view.headers.get, folded=view.folded),
         host=view.host,
         query_string=view.query_string,
         trusted=is_task,

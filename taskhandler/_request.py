@@ -50,6 +50,9 @@ class RequestView:
         task_headers: every ``X-AppEngine-*`` / ``X-CloudTasks-*`` header in any spelling.
         odd_headers: ``_`` spellings of forwarding headers (``X_Forwarded_For``): never
             read, always removed.
+        folded: the server may have folded ``_`` spellings of header names into the dash
+            spelling before the middleware saw the request (so ``headers`` cannot tell a
+            client's ``X_Forwarded_For`` from a proxy's ``X-Forwarded-For``).
     """
 
     peer: str | None
@@ -63,3 +66,4 @@ class RequestView:
     headers: Mapping[str, str]
     task_headers: tuple[SentHeader, ...]
     odd_headers: tuple[SentHeader, ...]
+    folded: bool = False

@@ -32,10 +32,11 @@ from urllib.parse import unquote_to_bytes
 
 from werkzeug.http import parse_cookie
 
+from ._async_deadline import AsyncArmed, arm_async
 from ._decision import (
     AUTH_PAGE_PREFIX,
-    Decision,
     NOTHING_DECIDED,
+    Decision,
     LazyUser,
     MiddlewareBase,
     RequestState,
@@ -47,10 +48,9 @@ from ._decision import (
 from ._request import RequestView, SentHeader
 from ._response import OUTCOME_HEADER, Response, plain_response
 from ._types import ASGIApplication, Message, Receive, Scope, Send
+from ._watchdog import arm
 from .context import TaskContext
 from .context import _current as _current_task
-from ._async_deadline import AsyncArmed, arm_async
-from ._watchdog import arm
 from .exceptions import PermanentTaskFailure
 from .handler import (
     MAX_BODY,

@@ -254,13 +254,28 @@ class TrustPolicy:
         oidc: an :class:`~taskhandler.oidc.OIDCVerifier`: a request from any other address
             is from the queue when its ``Authorization: Bearer`` ID token verifies (Cloud
             Tasks HTTP targets on Cloud Run, GKE, a VM).
+        proxy_drops_underscore_headers: the trusted proxies remove every request header
+            whose name holds ``_`` (nginx does by default). Needed only under a WSGI server
+            that folds ``X_Forwarded_For`` into ``X-Forwarded-For`` (cheroot, wsgiref, the
+            WSGI modes of hypercorn, granian and uvicorn): there a stranger's underscore
+            spelling cannot be told from the proxy's header, so without this promise the
+            forwarding headers are not believed at all (fail closed, logged once).
 
     Example::
 
         TrustPolicy(queue_sources=["10.8.0.0/24"], trusted_proxies=["127.0.0.1"])
     """
 
-    __slots__ = ("_exact_sources", "_proxied", "mode", "oidc", "queue_sources", "trusted_proxies")
+    __slots__ = (
+        "_exact_sources",
+        "_proxied",
+        "_warned_folded",
+        "mode",
+        "oidc",
+        "proxy_drops_underscore_headers",
+        "queue_sources",
+        "trusted_proxies",
+    )
 
     mode: TrustMode
 
@@ -270,8 +285,11 @@ class TrustPolicy:
         trusted_proxies: Iterable[str] = (),
         *,
         oidc: OIDCVerifier | None = None,
+        proxy_drops_underscore_headers: bool = False,
     ) -> None:
         self.mode = "strict"
+        self.proxy_drops_underscore_headers = bool(proxy_drops_underscore_headers)
+        self._warned_folded = False
         self.queue_sources = _AddressSet(queue_sources, "queue_sources")
         self.trusted_proxies = _AddressSet(trusted_proxies, "trusted_proxies")
         # Read on every task request: the usual answer without a Python-level call.
@@ -345,7 +363,30 @@ class TrustPolicy:
             return False
         return any(address == named for named in forwarded_addresses(header))
 
-    def scheme(self, scheme: str, peer: str | None, header: Callable[[str], str | None]) -> str:
+    def _believes_proxies(self, folded: bool) -> bool:
+        """Whether forwarding headers from a trusted proxy can be believed for this request."""
+        if not self._proxied:
+            return False
+        if not folded or self.proxy_drops_underscore_headers:
+            return True
+        if not self._warned_folded:
+            self._warned_folded = True
+            log.warning(
+                "taskhandler: X-Forwarded-For and X-Forwarded-Proto are not believed: this "
+                "WSGI server may fold a client's X_Forwarded_For into them. Drop headers "
+                "with '_' at the proxy and say so with "
+                "TrustPolicy(..., proxy_drops_underscore_headers=True)"
+            )
+        return False
+
+    def scheme(
+        self,
+        scheme: str,
+        peer: str | None,
+        header: Callable[[str], str | None],
+        *,
+        folded: bool = False,
+    ) -> str:
         """The URL scheme to hold a request to for ``secure: always``.
 
         Behind one of our ``trusted_proxies``, its ``X-Forwarded-Proto`` (the last value) is
@@ -356,7 +397,7 @@ class TrustPolicy:
         """
         if self.mode == "app_engine":
             return scheme
-        if self._proxied and peer is not None and peer in self.trusted_proxies:
+        if peer is not None and peer in self.trusted_proxies and self._believes_proxies(folded):
             proto = header("x-forwarded-proto")
             if proto:
                 last = proto.rsplit(",", 1)[-1].strip().lower()
@@ -367,13 +408,17 @@ class TrustPolicy:
             return "http"
         return scheme
 
-    def source(self, peer: str | None, header: Callable[[str], str | None]) -> TrustedBy | None:
+    def source(
+        self, peer: str | None, header: Callable[[str], str | None], *, folded: bool = False
+    ) -> TrustedBy | None:
         """How far the request's source alone is trusted, before asking who the user is.
 
         Args:
             peer: the immediate peer address (``REMOTE_ADDR``, ASGI ``client[0]``).
             header: looks up a request header by its lower-case, dash-spelled name (never an
                 ``_`` spelling).
+            folded: the server may have folded ``_`` spellings of header names into the dash
+                spelling (a WSGI server not known to drop them).
 
         Returns ``"queue"``, ``"platform"`` or ``"development"``, ``"admin"`` when the
         platform itself says so (App Engine mode), else ``None``.
@@ -381,7 +426,7 @@ class TrustPolicy:
         mode = self.mode
         if mode == "strict":
             client = peer
-            if self._proxied:
+            if self._believes_proxies(folded):
                 client = self.client_address(peer, header("x-forwarded-for"))
             if (
                 client in self._exact_sources or client in self.queue_sources

@@ -24,8 +24,8 @@ from werkzeug.http import parse_cookie
 
 from ._decision import (
     AUTH_PAGE_PREFIX,
-    Decision,
     NOTHING_DECIDED,
+    Decision,
     LazyUser,
     MiddlewareBase,
     RequestState,
@@ -37,9 +37,9 @@ from ._decision import (
 from ._request import RequestView, SentHeader
 from ._response import Response, plain_response, status_line
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
+from ._watchdog import arm
 from .context import TaskContext, current_task
 from .context import _current as _current_task
-from ._watchdog import arm
 from .exceptions import PermanentTaskFailure
 from .handler import (
     MAX_BODY,
@@ -204,7 +204,19 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         headers=_Headers(environ),
         task_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.task),
         odd_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.odd),
+        folded=not _drops_underscore_headers(environ.get("SERVER_SOFTWARE", "")),
     )
+
+
+# Servers that drop request headers whose names hold "_" (so X_Forwarded_For never reaches
+# the environ): gunicorn (since 22, its default header_map=drop), waitress, werkzeug, and
+# mod_wsgi behind Apache 2.4. Every other WSGI server may fold "_" into "-" (cheroot,
+# wsgiref and the WSGI modes of hypercorn, granian and uvicorn do).
+_DROPPING_SERVERS = ("gunicorn/", "waitress", "werkzeug/", "apache/")
+
+
+def _drops_underscore_headers(server_software: str) -> bool:
+    return server_software.lower().startswith(_DROPPING_SERVERS)
 
 
 def request_info(environ: WSGIEnvironment) -> RequestInfo:

@@ -155,7 +155,7 @@ def test_plain_request_is_untouched() -> None:
             TrustPolicy(queue_sources=["127.0.0.1"]), "127.0.0.1", {}, id="configured source"
         ),
         pytest.param(
-            TrustPolicy(trusted_proxies=["10.0.0.0/8"]),
+            TrustPolicy(trusted_proxies=["10.0.0.0/8"], proxy_drops_underscore_headers=True),
             "10.0.0.5",
             {"HTTP_X_FORWARDED_FOR": "0.1.0.2"},
             id="behind a trusted proxy",

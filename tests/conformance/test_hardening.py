@@ -156,7 +156,8 @@ def test_a_trusted_proxy_tells_the_scheme(
     req = Request(
         path="/secure/page", scheme=scheme, headers=[("X-Forwarded-Proto", proto)], peer="10.0.0.1"
     )
-    result = adapter.run(req, config=RULES, trust=TrustPolicy(trusted_proxies=["10.0.0.1"]))
+    trust = TrustPolicy(trusted_proxies=["10.0.0.1"], proxy_drops_underscore_headers=True)
+    result = adapter.run(req, config=RULES, trust=trust)
     assert (result.seen is not None) is runs
 
 
@@ -258,3 +259,40 @@ def test_nested_inner_sign_in_page_is_served(adapter: Adapter) -> None:
     assert result.seen is None
     assert result.status == 200
     assert b"<form" in result.body
+
+
+def test_a_folding_wsgi_server_gets_no_forwarding_walk_without_the_promise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under a WSGI server not known to drop ``_`` headers, X-Forwarded-For is not believed
+    (a stranger's X_Forwarded_For may be folded into it) until the policy says the proxy
+    drops them; the refusal is logged once. ASGI servers keep the spellings apart."""
+    from .harness import ASGIAdapter, WSGIAdapter
+
+    headers = [*TASK, ("X-Forwarded-For", QUEUE)]
+    for adapter, believed in ((WSGIAdapter(), False), (ASGIAdapter(), True)):
+        trust = TrustPolicy(trusted_proxies=["127.0.0.1"])
+        result = adapter.run(Request(headers=headers, peer="127.0.0.1", path="/p"), trust=trust)
+        assert result.seen is not None
+        assert (result.seen.task is not None) is believed, adapter.name
+    assert sum("proxy_drops_underscore_headers" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("software", "believed"),
+    [
+        pytest.param("gunicorn/23.0.0", True, id="gunicorn drops them"),
+        pytest.param("waitress", True, id="waitress drops them"),
+        pytest.param("Werkzeug/3.1.8", True, id="werkzeug drops them"),
+        pytest.param("Cheroot/11.1.2 Server", False, id="cheroot folds them"),
+        pytest.param("WSGIServer/0.2 CPython/3.11.7", False, id="wsgiref folds them"),
+        pytest.param("Granian", False, id="granian folds them"),
+        pytest.param("", False, id="unknown server"),
+    ],
+)
+def test_wsgi_servers_known_to_drop_underscore_headers(software: str, believed: bool) -> None:
+    """X-Forwarded-For from a trusted proxy is walked under servers that drop ``_`` headers."""
+    from taskhandler.wsgi import request_view
+
+    view = request_view({"SERVER_SOFTWARE": software, "PATH_INFO": "/"})
+    assert view.folded is not believed
