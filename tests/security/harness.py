@@ -59,6 +59,9 @@ CONFIGURED = (Backend("uvicorn-noproxy", trust="proxied"),)
 # a peer named there as the queue), and waitress, which removes X-Forwarded-For by default:
 # behind a proxy, the queue is recognised only when the server is configured otherwise.
 NO_XFF_WALK = ("uvicorn-h11", "uvicorn-httptools", "gunicorn-uvicornworker", "waitress")
+# WSGI servers that fold a client's X_Forwarded_For into X-Forwarded-For: without
+# TrustPolicy(proxy_drops_underscore_headers=True) the middleware does not walk it at all.
+FOLDS_UNDERSCORES = ("cheroot", "wsgiref", "hypercorn-wsgi", "granian-wsgi")
 NESTED = (Backend("gunicorn-sync", "nested"), Backend("uvicorn-h11", "nested"))
 PREFIXED = (
     Backend("gunicorn-sync", "proxyfix_outside"),

@@ -14,6 +14,7 @@ import pytest
 from tests.security.harness import (
     ADMIN_COOKIE,
     CONFIGURED,
+    FOLDS_UNDERSCORES,
     MAIN,
     NO_XFF_WALK,
     PREFIXED,
@@ -35,7 +36,11 @@ STRICT = (*MAIN, *PREFIXED, *SERVER_PROXY_MODES)
 # Behind a proxy the queue is recognised by walking X-Forwarded-For, which needs the header to
 # reach the middleware untouched: not under servers that rewrite the peer from it by default
 # or drop it (harness.NO_XFF_WALK); uvicorn with --no-proxy-headers shows the working setup.
-WALKABLE = (*(b for b in PROXIED if b.server not in NO_XFF_WALK), *CONFIGURED)
+WALKABLE = (
+    *(b for b in PROXIED if b.server not in (*NO_XFF_WALK, *FOLDS_UNDERSCORES)),
+    *CONFIGURED,
+)
+FOLDING = tuple(b for b in PROXIED if b.server in FOLDS_UNDERSCORES)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +63,19 @@ def test_queue_runs_the_task_view(fleet: Fleet, backend_id: str, proxy: str, pat
     assert len(seen) == 1, f"status {answer.status}, recorded {seen}: {answer}"
     assert seen[0][1] == "queue", f"status {answer.status}, recorded {seen}: {answer}"
     assert entries[0]["task"]["task_name"] == "spoofed-1"
+
+
+@pytest.mark.parametrize(("backend_id", "proxy"), pairs(FOLDING, SETS_XFF))
+def test_queue_behind_a_proxy_fails_closed_under_a_folding_server(
+    fleet: Fleet, backend_id: str, proxy: str
+) -> None:
+    """Under a WSGI server that folds ``_`` into ``-``, X-Forwarded-For is not walked without
+    the policy's promise: even the queue's request runs as a stranger's (no task)."""
+    target = Target.of(fleet, backend_id, proxy)
+    answer, entries = target.exchange(
+        build("/public/echo", TASK_HEADERS, case="queue"), source=QUEUE_CLIENT
+    )
+    assert [(e["view"], e["task"]) for e in entries] == [("echo", None)], f"{answer}"
 
 
 @pytest.mark.parametrize("backend_id", [b.id for b in STRICT])
