@@ -2,12 +2,18 @@
 
 ``load_app_yaml`` and ``load_web_xml`` turn the files an App Engine app already has into an
 :class:`AppConfig`: ordered :class:`AccessRule` s (first full match wins) and the task deadline.
-Everything else in those files (runtime, env_variables, instance_class, ...) is ignored, because
-an app.yaml carries many settings that only the platform uses.
+``load_cron_yaml`` reads cron.yaml into :class:`CronJob` s.
 
-A file that cannot be used raises :class:`~taskhandler.exceptions.ConfigError` naming the file,
-the line when the parser knows it, and the problem -- never a silent fallback, since a rule that
-silently fails to load leaves a URL unprotected.
+app.yaml is read as strictly as App Engine's own parser (``google.appengine.api.appinfo``):
+every key it knows is accepted where it knows it, and an unknown key or a duplicate key anywhere
+is an error, since a misspelt ``handlers:`` or a second ``login:`` would silently leave a URL
+open. The key tables below are derived from appinfo's ``ATTRIBUTES`` (the tests compare them).
+Settings only the platform uses are checked for their keys and shape, not their values.
+
+Every file is read through :func:`parse_yaml` (or the hardened expat reader for web.xml): size,
+nesting and value count are capped, anchors, aliases, merge keys and unusual tags are refused, so
+any input at all ends in a result or a :class:`~taskhandler.exceptions.ConfigError` naming the
+file, the line when the parser knows it, and the problem -- within bounded time and memory.
 
 Pure: standard library, pydantic and PyYAML only.
 """
@@ -825,6 +831,13 @@ def _rule_from_handler(entry: YamlNode, index: int, path: str) -> AccessRule:
         raise ConfigError(f"{where}: expected a mapping", path=path, line=entry.line)
     url_node = entry.get("url")
     url = None if url_node is None else url_node.value
+    if url_node is not None and url is not None and not isinstance(url, str):
+        raise ConfigError(
+            f"{where}.url: expected text, found {shown(url)}",
+            path=path,
+            line=url_node.line,
+            value=url,
+        )
     if not isinstance(url, str) or not url:
         raise ConfigError(
             f"{where} has no url",
@@ -1033,6 +1046,13 @@ class _CronReader:
         deadline_text = self.text(
             entry, "attempt_deadline", where, r"\s*[0-9]+(?:\.[0-9]*)?s\s*", "seconds like 600s"
         )
+        deadline = None if deadline_text is None else float(deadline_text.strip()[:-1])
+        if deadline is not None and not 0 < deadline < math.inf:
+            raise self.fail(
+                f"{where}.attempt_deadline: {shown(deadline_text)} is not a positive duration",
+                entry.get("attempt_deadline") or entry,
+                deadline_text,
+            )
         retry = None
         retry_node = entry.get("retry_parameters")
         if retry_node is not None and not retry_node.is_null:
@@ -1045,7 +1065,7 @@ class _CronReader:
                 entry, "description", where, r"[^\n]{0,499}", "a one-line description"
             ),
             target=self.text(entry, "target", where, _CRON_TARGET, "a service or version name"),
-            attempt_deadline=None if deadline_text is None else float(deadline_text.strip()[:-1]),
+            attempt_deadline=deadline,
             retry_parameters=retry,
             line=entry.line,
         )
@@ -1063,6 +1083,8 @@ class _CronReader:
                     text,
                 )
             age = float(match["number"]) * _DURATION_UNITS[match["unit"]]
+            if not math.isfinite(age):
+                raise self.fail(f"{where}.job_age_limit: {shown(text)} is too long", age_node)
         low = self.number(node, "min_backoff_seconds", where, integer=False)
         high = self.number(node, "max_backoff_seconds", where, integer=False)
         if low is not None and high is not None and high < low:

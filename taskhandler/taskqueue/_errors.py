@@ -17,12 +17,43 @@ class UnknownQueueError(Error):
     """The queue is not ``default`` and is not declared in queue.yaml."""
 
 
-class TransientError(Error):
-    """A temporary failure; the same call may succeed later."""
+class _StorageFailure(Error):
+    """An error that may come from the local queue's SQLite file: it can name it and the reason."""
+
+    def __init__(
+        self, message: str = "", *, path: str | None = None, reason: str | None = None
+    ) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(message)
 
 
-class InternalError(Error):
-    """The queue storage failed in an unexpected way."""
+class TransientError(_StorageFailure):
+    """A temporary failure; the same call may succeed later.
+
+    ``LocalTaskQueue`` raises it when its SQLite file is full (``SQLITE_FULL``), stays locked by
+    another connection past the busy timeout (``SQLITE_BUSY``/``SQLITE_LOCKED``), or an I/O error
+    occurs (``SQLITE_IOERR``, ``SQLITE_CANTOPEN``, ``SQLITE_NOMEM``, ``SQLITE_PROTOCOL``).
+    Nothing was stored.
+
+    Attributes:
+        path: the database file, when the local queue's storage failed (else ``None``).
+        reason: SQLite's error code name and message, e.g.
+            ``"SQLITE_FULL: database or disk is full"`` (else ``None``).
+    """
+
+
+class InternalError(_StorageFailure):
+    """The queue storage failed in an unexpected way.
+
+    ``LocalTaskQueue`` raises it for an SQLite failure that retrying will not cure: the file
+    became read-only or was deleted or moved (``SQLITE_READONLY``), is corrupt
+    (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``), and the like. Nothing was stored.
+
+    Attributes:
+        path: the database file, when the local queue's storage failed (else ``None``).
+        reason: SQLite's error code name and message (else ``None``).
+    """
 
 
 class InvalidTaskError(Error):

@@ -5,6 +5,20 @@ Storage. One table; a task row is *pending*, *leased* (being delivered), or a to
 ``tombstone_seconds`` (9 days). SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed
 add survives the process being killed at any point (a power cut may lose the last commits).
 
+Opening. The file is inspected and, when new (missing or zero-length), initialised in one
+``BEGIN IMMEDIATE`` transaction with the busy timeout already set, so processes opening the same
+new file at once wait for each other. A file that is not ours (another application's SQLite
+database, or not SQLite at all) is refused with ``ConfigError`` before anything is written: it
+is left byte for byte as it was. Only then is the file switched to WAL.
+
+Storage failures. An SQLite error while storing or reading becomes a taskqueue error naming
+the file and the reason: :class:`TransientError` for conditions that pass (disk full, locked past
+the busy timeout, I/O errors), :class:`InternalError` for the others (read-only, moved,
+corrupt). Each transaction is all or nothing. The background dispatcher logs such an error
+(one WARNING line), backs off and tries again, so it resumes by itself once the condition
+clears; an outcome it could not record is kept and recorded then, and the task is not
+delivered again.
+
 Crash safety. A task is leased before it is delivered, under a lease id naming this host and
 process, with an expiry. When a queue opens a file, rows leased by a process of this host that
 no longer exists, and rows whose lease expired, become pending again with their retry count
@@ -44,9 +58,11 @@ from ._backoff import RetryPolicy
 from ._dispatch import Dispatcher, Outcome, Request, clean_reason, make_dispatcher
 from ._errors import (
     Error,
+    InternalError,
     InvalidQueueModeError,
     TaskAlreadyExistsError,
     TombstonedTaskError,
+    TransientError,
     UnknownQueueError,
 )
 from ._queue_yaml import QueueConfig, RetryParameters, normalize_queues
@@ -58,9 +74,31 @@ _SCHEMA_VERSION = 1
 _LIVE = ("pending", "leased")
 _ETA_SLACK = 1e-6  # float error when a virtual clock is advanced exactly to an ETA
 _LEASE_MARGIN = 60.0
+_BACKOFF_FIRST = 0.05  # seconds the dispatcher waits after its first storage error
+_BACKOFF_MAX = 5.0  # ... doubling up to this, or the poll interval if that is longer
+# Primary SQLite result codes (stable across SQLite versions), with sqlite3_errstr()'s text:
+# Python 3.10's exceptions carry only the text, 3.11's carry the code too.
+_SQLITE_CODES = {
+    5: ("SQLITE_BUSY", "database is locked"),
+    6: ("SQLITE_LOCKED", "database table is locked"),
+    7: ("SQLITE_NOMEM", "out of memory"),
+    8: ("SQLITE_READONLY", "attempt to write a readonly database"),
+    10: ("SQLITE_IOERR", "disk I/O error"),
+    11: ("SQLITE_CORRUPT", "database disk image is malformed"),
+    13: ("SQLITE_FULL", "database or disk is full"),
+    14: ("SQLITE_CANTOPEN", "unable to open database file"),
+    15: ("SQLITE_PROTOCOL", "locking protocol"),
+    26: ("SQLITE_NOTADB", "file is not a database"),
+}
+_SQLITE_BUSY = 5
+_SQLITE_NOTADB = 26
+# Conditions that pass by themselves (lock released, space freed, I/O back): TransientError.
+# Any other SQLite error is an InternalError.
+_TRANSIENT_CODES = frozenset({5, 6, 7, 10, 13, 14, 15})
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
+_SCHEMA = (
+    """
+CREATE TABLE tasks (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -83,9 +121,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires REAL,
     finished REAL,
     UNIQUE (queue, name)
-);
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, queue, eta);
-"""
+)
+""",
+    "CREATE INDEX tasks_by_state ON tasks (state, queue, eta)",
+)
 
 _COLUMNS = (
     "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
@@ -175,6 +214,31 @@ class _Leased:
     retry_reason: str | None
 
 
+def _sqlite_code(exc: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of ``exc``, or None when it has none (a misuse)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc)
+    for primary, (_, errstr) in _SQLITE_CODES.items():
+        if text == errstr:
+            return primary
+    return None
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """SQLite's error code name and message, e.g. ``SQLITE_FULL: database or disk is full``."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if not isinstance(name, str):
+        code = _sqlite_code(exc)
+        name = _SQLITE_CODES[code][0] if code in _SQLITE_CODES else type(exc).__name__
+    return f"{name}: {exc}"
+
+
+def _is_transient(exc: sqlite3.Error) -> bool:
+    return _sqlite_code(exc) in _TRANSIENT_CODES
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -207,10 +271,18 @@ class LocalTaskQueue:
         workers: threads delivering tasks, and so the most tasks in flight overall.
         poll_interval: the longest the dispatcher sleeps before looking at the database again
             (tasks added by other processes are seen within this time).
+        busy_timeout: seconds a storage call waits for another connection's write lock on the
+            database before it fails with :class:`TransientError`.
 
     Raises:
-        ConfigError: a bad argument, or a database file that cannot be opened or is not a
-            taskhandler queue.
+        ConfigError: a bad argument, or a database file that cannot be opened, is not a
+            taskhandler queue database (then it is left unchanged), or fails while it is
+            being opened; the message names the file and the SQLite reason.
+
+    Storage calls (``add()``, :meth:`delete`, :meth:`tasks`, ...) raise
+    :class:`TransientError` (disk full, locked past ``busy_timeout``, I/O error) or
+    :class:`InternalError` (file read-only, moved or corrupt) naming the file and the reason,
+    never a ``sqlite3`` error; nothing is half stored.
 
     Example:
         >>> queues = load_queue_yaml("queue.yaml")                       # doctest: +SKIP
@@ -232,6 +304,7 @@ class LocalTaskQueue:
         dispatch_timeout: float = 600.0,
         workers: int = 8,
         poll_interval: float = 0.5,
+        busy_timeout: float = 30.0,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError("workers must be an integer >= 1", value=workers)
@@ -239,6 +312,7 @@ class LocalTaskQueue:
             ("tombstone_seconds", tombstone_seconds),
             ("dispatch_timeout", dispatch_timeout),
             ("poll_interval", poll_interval),
+            ("busy_timeout", busy_timeout),
         ):
             if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
                 raise ConfigError(f"{label} must be a number > 0", value=number)
@@ -252,6 +326,7 @@ class LocalTaskQueue:
         self._dispatch_timeout = float(dispatch_timeout)
         self._workers = workers
         self._poll_interval = float(poll_interval)
+        self._busy_timeout = float(busy_timeout)
         self._default_dispatcher = make_dispatcher(target, timeout=self._dispatch_timeout)
         self._dispatchers: dict[str, Dispatcher] = {
             str(name): make_dispatcher(dest, timeout=self._dispatch_timeout)
@@ -261,12 +336,18 @@ class LocalTaskQueue:
         self._lease_prefix = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self._lease_seq = 0
         self._db_lock = threading.RLock()
+        self._closed = False
+        self._db_identity: tuple[str, int, int] | None = None  # set by _open for a file
         self._conn = self._open(self._db_path)
         self._policies: dict[tuple[str, str | None], RetryPolicy] = {}
         # Dispatch state: touched only by the thread running the pump.
         self._pump_lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._results: queue.SimpleQueue[tuple[_Leased, Outcome]] = queue.SimpleQueue()
+        # Outcomes taken from _results whose recording failed; kept until it succeeds.
+        self._unrecorded: list[tuple[_Leased, Outcome]] = []
+        self._storage_trouble: str | None = None  # the storage error the dispatcher last logged
+        self._storage_failures = 0  # storage errors in a row, for the dispatcher's backoff
         self._in_flight: dict[str, int] = dict.fromkeys(self._queues, 0)
         self._tokens: dict[str, float] = {n: float(c.bucket_size) for n, c in self._queues.items()}
         self._token_time: dict[str, float | None] = dict.fromkeys(self._queues)
@@ -276,58 +357,184 @@ class LocalTaskQueue:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._closed = False
-        self._recover()
+        try:
+            self._recover()
+        except Error as exc:
+            self._conn.close()
+            raise ConfigError(f"cannot open the queue database: {exc}", path=self._db_path) from exc
 
     # -- storage ---------------------------------------------------------------------------
 
     def _open(self, path: str) -> sqlite3.Connection:
+        """Connect, check the file is ours (or new) and create the schema, then switch to WAL.
+
+        The busy timeout is set at connect, before the first statement; inspection and creation
+        are one ``BEGIN IMMEDIATE`` transaction, so a concurrent opener either finds the file
+        still empty or finds it complete. Until the file is known to be ours nothing is written.
+        """
         if path != ":memory:" and not Path(path).parent.is_dir():
             raise ConfigError("the directory of the queue database does not exist", path=path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            if path != ":memory:":
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise ConfigError(f"cannot switch the database to WAL mode ({mode})", path=path)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if tables and (version != _SCHEMA_VERSION or "tasks" not in tables):
-                raise ConfigError(
-                    "the file is not a taskhandler queue database (or has another schema version)",
-                    path=path,
-                    value=version,
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
+            )
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the queue database: {exc}", path=path) from None
+            raise ConfigError(
+                f"cannot open the queue database ({_sqlite_reason(exc)})", path=path
+            ) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_or_create(conn, path)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            if path != ":memory:":
+                mode = self._switch_to_wal(conn)
+                if mode != "wal":
+                    raise ConfigError(f"cannot switch the database to WAL mode ({mode})", path=path)
+                absolute = os.path.abspath(path)
+                stat = os.stat(absolute)
+                self._db_identity = (absolute, stat.st_dev, stat.st_ino)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error) and _sqlite_code(exc) == _SQLITE_NOTADB:
+                raise ConfigError(
+                    "the file is not a SQLite database, so not a taskhandler queue database "
+                    f"({_sqlite_reason(exc)}); it was left unchanged",
+                    path=path,
+                ) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise ConfigError(
+                    f"cannot open the queue database ({_sqlite_reason(exc)})", path=path
+                ) from exc
+            raise
         return conn
 
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """Put the (checked) file in WAL mode; the journal mode it ends up in.
+
+        When several connections switch a new file at the same moment, each can hold a lock
+        the other needs; SQLite then answers ``SQLITE_BUSY`` at once instead of waiting, and
+        its documented cure is to try again. So: again, for up to the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if _sqlite_code(exc) != _SQLITE_BUSY or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    @staticmethod
+    def _check_or_create(conn: sqlite3.Connection, path: str) -> None:
+        """Inside the opening transaction: refuse a foreign database, create an empty one's schema.
+
+        A zero-length or missing file is a new database. A SQLite database with no schema and
+        ``user_version`` 0 (freshly created by another tool) is adopted too.
+        """
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        objects = {
+            (row[0], row[1])
+            for row in conn.execute("SELECT type, name FROM sqlite_master")
+            if not str(row[1]).startswith("sqlite_")
+        }
+        if not objects and version == 0:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            return
+        if version != _SCHEMA_VERSION or ("table", "tasks") not in objects:
+            tables = sorted(name for kind, name in objects if kind == "table")
+            raise ConfigError(
+                "the file is not a taskhandler queue database (or has another schema version:"
+                f" user_version {version}, tables {', '.join(tables) or 'none'}); it was left"
+                " unchanged",
+                path=path,
+                value=version,
+            )
+
+    def _storage_error(self, exc: sqlite3.Error, doing: str) -> TransientError | InternalError:
+        """The taskqueue error for an SQLite failure while ``doing``, naming the file."""
+        reason = _sqlite_reason(exc)
+        message = f"{doing} in {self._db_path} failed ({reason})"
+        if _is_transient(exc):
+            return TransientError(message, path=self._db_path, reason=reason)
+        return InternalError(message, path=self._db_path, reason=reason)
+
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed whole or rolled back whole.
+
+        An SQLite error becomes :class:`TransientError` or :class:`InternalError`. SQLite may
+        already have rolled back after ``SQLITE_FULL``, ``SQLITE_IOERR`` or a failed ``COMMIT``;
+        the rollback is issued only while a transaction is still open.
+        """
         with self._db_lock:
             if self._closed:
                 raise Error("the queue is closed")
+            self._check_file(doing)
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc, doing) from exc
+
+    def _check_file(self, doing: str) -> None:
+        """InternalError if the database file was deleted or replaced since it was opened.
+
+        In WAL mode SQLite goes on committing into the ``-wal`` file of a deleted database, so
+        those tasks would be lost at close; one ``stat`` per transaction refuses them instead.
+        """
+        if self._db_identity is None:
+            return
+        absolute, device, inode = self._db_identity
+        try:
+            stat = os.stat(absolute)
+        except OSError:
+            stat = None
+        if stat is None or (stat.st_dev, stat.st_ino) != (device, inode):
+            reason = (
+                "SQLITE_READONLY_DBMOVED: the database file was deleted or replaced since the "
+                "queue opened it"
+            )
+            raise InternalError(
+                f"{doing} in {self._db_path} failed ({reason})", path=self._db_path, reason=reason
+            )
+
+    @contextlib.contextmanager
+    def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """The connection for reads outside a transaction; SQLite errors become taskqueue errors."""
+        with self._db_lock:
+            if self._closed:
+                raise Error("the queue is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc, doing) from exc
 
     def _recover(self) -> None:
         """Make tasks leased by dead processes of this host, or with expired leases, pending."""
         now = self.now()
         host = socket.gethostname()
         me = os.getpid()
-        with self._tx() as conn:
+        with self._tx("recovering interrupted deliveries") as conn:
             rows = conn.execute(
                 "SELECT id, lease_id, lease_expires FROM tasks WHERE state='leased'"
             ).fetchall()
@@ -388,7 +595,7 @@ class LocalTaskQueue:
         """
         now = self.now()
         results: list[str | Error] = []
-        with self._tx() as conn:
+        with self._tx(f"storing {len(tasks)} task(s)") as conn:
             for task in tasks:
                 try:
                     results.append(self._insert(conn, task, now))
@@ -444,13 +651,13 @@ class LocalTaskQueue:
     def delete(self, queue_name: str, task_name: str) -> bool:
         """Delete a pending or running task (a named one leaves a tombstone); True if found."""
         self.check_queue(queue_name)
-        with self._tx() as conn:
+        with self._tx(f"deleting task {task_name!r}") as conn:
             return self._tombstone(conn, "queue=? AND name=?", (queue_name, task_name)) > 0
 
     def purge(self, queue_name: str) -> int:
         """Delete every pending or running task of the queue; return how many."""
         self.check_queue(queue_name)
-        with self._tx() as conn:
+        with self._tx(f"purging queue {queue_name!r}") as conn:
             return self._tombstone(conn, "queue=?", (queue_name,))
 
     def _tombstone(self, conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
@@ -470,7 +677,7 @@ class LocalTaskQueue:
     def run_now(self, queue_name: str, task_name: str) -> bool:
         """Make a pending task due now (ETA or backoff skipped). True if it was pending."""
         self.check_queue(queue_name)
-        with self._tx() as conn:
+        with self._tx(f"running task {task_name!r} now") as conn:
             changed = conn.execute(
                 "UPDATE tasks SET eta=? WHERE queue=? AND name=? AND state='pending'",
                 (self.now(), queue_name, task_name),
@@ -481,8 +688,8 @@ class LocalTaskQueue:
     def tasks(self, queue_name: str = "default") -> list[QueuedTask]:
         """The tasks still to run in ``queue_name`` (pending or being delivered), in ETA order."""
         self.check_queue(queue_name)
-        with self._db_lock:
-            rows = self._conn.execute(
+        with self._read("listing tasks") as conn:
+            rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE queue=? AND state IN ('pending', 'leased') "  # noqa: S608
                 "ORDER BY eta, id",
                 (queue_name,),
@@ -513,8 +720,8 @@ class LocalTaskQueue:
             name: dict.fromkeys(("pending", "leased", "done", "deleted", "failed"), 0)
             for name in self._queues
         }
-        with self._db_lock:
-            rows = self._conn.execute(
+        with self._read("counting tasks") as conn:
+            rows = conn.execute(
                 "SELECT queue, state, COUNT(*) FROM tasks GROUP BY queue, state"
             ).fetchall()
         for queue_name, state, count in rows:
@@ -555,7 +762,8 @@ class LocalTaskQueue:
             return []
         self._rotation += 1
         out: list[_Leased] = []
-        with self._tx() as conn:
+        taken: dict[str, int] = {}
+        with self._tx("leasing tasks") as conn:
             expired = [
                 row[0]
                 for row in conn.execute(
@@ -615,20 +823,23 @@ class LocalTaskQueue:
                     "WHERE id=?",
                     updates,
                 )
-                self._tokens[name] -= len(rows)
+                taken[name] = len(rows)
+        # Only a committed lease spends tokens; the refill above is idempotent.
+        for name, count in taken.items():
+            self._tokens[name] -= count
         return out
 
     def _next_due(self, now: float) -> float | None:
         """The earliest time a task could be leased, or None when no dispatchable task waits."""
         best: float | None = None
-        with self._db_lock:
+        with self._read("looking for due tasks") as conn:
             for name, config in self._dispatchable():
                 if (
                     config.max_concurrent_requests is not None
                     and self._in_flight[name] >= config.max_concurrent_requests
                 ):
                     continue  # a completion will wake the pump
-                row = self._conn.execute(
+                row = conn.execute(
                     "SELECT MIN(eta) FROM tasks WHERE queue=? AND state='pending'", (name,)
                 ).fetchone()
                 if row[0] is None:
@@ -638,7 +849,7 @@ class LocalTaskQueue:
                 if tokens < 1 - 1e-9:
                     when = max(when, now + (1 - tokens) / config.rate)
                 best = when if best is None else min(best, when)
-            leased = self._conn.execute(
+            leased = conn.execute(
                 "SELECT MIN(lease_expires) FROM tasks WHERE state='leased'"
             ).fetchone()[0]
         if leased is not None and sum(self._in_flight.values()) == 0:
@@ -678,21 +889,26 @@ class LocalTaskQueue:
         self._wake.set()
 
     def _complete(self) -> int:
-        batch: list[tuple[_Leased, Outcome]] = []
+        """Record the outcomes of finished deliveries in one transaction; return how many.
+
+        If the transaction fails the outcomes are kept (the tasks stay leased, and in flight
+        for the concurrency limits) and recorded by a later call; the error is raised. Every
+        update names the task's lease, so an outcome is recorded once.
+        """
         while True:
             try:
-                batch.append(self._results.get_nowait())
+                self._unrecorded.append(self._results.get_nowait())
             except queue.Empty:
                 break
+        batch = self._unrecorded
         if not batch:
             return 0
         now = self.now()
         done_named: list[tuple[Any, ...]] = []
         done_unnamed: list[tuple[Any, ...]] = []
         retries: list[tuple[Any, ...]] = []
-        given_up: list[_Leased] = []
+        given_up: list[tuple[_Leased, Outcome, int]] = []
         for task, outcome in batch:
-            self._in_flight[task.queue] = self._in_flight.get(task.queue, 1) - 1
             if outcome.ok:
                 if task.named:
                     done_named.append((now, task.id, task.lease_id))
@@ -703,14 +919,7 @@ class LocalTaskQueue:
             next_retry = task.retry_count + 1
             executions = task.execution_count + (1 if outcome.executed else 0)
             if policy.gives_up(next_retry, now - task.first_run):
-                given_up.append(task)
-                logger.warning(
-                    "task %s of queue %s failed after %d attempt(s) (%s); giving up",
-                    task.name,
-                    task.queue,
-                    next_retry,
-                    outcome.reason,
-                )
+                given_up.append((task, outcome, next_retry))
                 continue
             retries.append(
                 (
@@ -723,7 +932,7 @@ class LocalTaskQueue:
                     task.lease_id,
                 )
             )
-        with self._tx() as conn:
+        with self._tx(f"recording the outcome of {len(batch)} delivery(ies)") as conn:
             conn.executemany(
                 "UPDATE tasks SET state='done', finished=?, payload=NULL, headers=NULL, "
                 "lease_id=NULL WHERE id=? AND lease_id=?",
@@ -739,19 +948,33 @@ class LocalTaskQueue:
             conn.executemany(
                 "UPDATE tasks SET state='failed', finished=?, payload=NULL, headers=NULL, "
                 "lease_id=NULL WHERE id=? AND lease_id=? AND named=1",
-                [(now, t.id, t.lease_id) for t in given_up],
+                [(now, t.id, t.lease_id) for t, _, _ in given_up],
             )
             conn.executemany(
                 "DELETE FROM tasks WHERE id=? AND lease_id=? AND named=0",
-                [(t.id, t.lease_id) for t in given_up],
+                [(t.id, t.lease_id) for t, _, _ in given_up],
             )
             if now - self._last_sweep > 3600:
-                self._last_sweep = now
                 conn.execute(
                     "DELETE FROM tasks WHERE state IN ('done', 'deleted', 'failed') "
                     "AND finished < ?",
                     (now - self._tombstone_seconds,),
                 )
+                sweep = now
+            else:
+                sweep = self._last_sweep
+        self._last_sweep = sweep
+        self._unrecorded = []
+        for task, _ in batch:
+            self._in_flight[task.queue] = self._in_flight.get(task.queue, 1) - 1
+        for task, outcome, attempts in given_up:
+            logger.warning(
+                "task %s of queue %s failed after %d attempt(s) (%s); giving up",
+                task.name,
+                task.queue,
+                attempts,
+                outcome.reason,
+            )
         return len(batch)
 
     def _pump(self, *, until_idle: bool, deadline: float | None, due_only: bool = False) -> None:
@@ -766,6 +989,10 @@ class LocalTaskQueue:
             self._complete()
             now = self.now()
             leased = self._lease(now)
+            if self._storage_trouble is not None:
+                self._storage_trouble = None
+                self._storage_failures = 0
+                logger.info("the task dispatcher can use %s again", self._db_path)
             for task in leased:
                 self._in_flight[task.queue] = self._in_flight.get(task.queue, 0) + 1
                 self._attempts += 1
@@ -853,7 +1080,11 @@ class LocalTaskQueue:
 
         def run() -> None:
             try:
-                self._pump(until_idle=False, deadline=None)
+                while not self._stop.is_set():
+                    try:
+                        self._pump(until_idle=False, deadline=None)
+                    except (TransientError, InternalError) as exc:
+                        self._wake.wait(self._storage_backoff(exc))
             except Exception:
                 logger.exception("the task dispatcher stopped on an error")
             finally:
@@ -864,6 +1095,24 @@ class LocalTaskQueue:
         )
         self._thread.start()
         return self
+
+    def _storage_backoff(self, exc: TransientError | InternalError) -> float:
+        """Log a storage error of the background dispatcher; return how long to wait.
+
+        One WARNING line when the trouble starts or its reason changes (DEBUG while it lasts);
+        the wait doubles from 50 ms up to 5 s (or ``poll_interval`` if longer). An ``add()``
+        that succeeds, or a delivery that ends, cuts the wait short.
+        """
+        self._storage_failures += 1
+        delay = min(
+            _BACKOFF_FIRST * 2.0 ** min(self._storage_failures - 1, 30),
+            max(_BACKOFF_MAX, self._poll_interval),
+        )
+        reason = exc.reason or str(exc)
+        level = logging.DEBUG if reason == self._storage_trouble else logging.WARNING
+        self._storage_trouble = reason
+        logger.log(level, "the task dispatcher is waiting: %s; retrying in %.2f s", exc, delay)
+        return delay
 
     @property
     def running(self) -> bool:
@@ -886,7 +1135,13 @@ class LocalTaskQueue:
         end = time.monotonic() + timeout
         while sum(self._in_flight.values()) > 0 and time.monotonic() < end:
             self._wake.clear()
-            if not self._complete():
+            try:
+                recorded = self._complete()
+            except (TransientError, InternalError):
+                if len(self._unrecorded) >= sum(self._in_flight.values()):
+                    return  # every delivery has ended; only the recording fails
+                recorded = 0
+            if not recorded:
                 self._wake.wait(min(0.05, max(end - time.monotonic(), 0.0)))
 
     def close(self) -> None:
@@ -902,15 +1157,27 @@ class LocalTaskQueue:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        with self._tx() as conn:
-            mine = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM tasks WHERE state='leased' AND lease_id LIKE ?",
-                    (f"{self._lease_prefix}/%",),
-                )
-            ]
-            self._release(conn, mine, self.now(), "queue closed")
+        if self._unrecorded:
+            logger.warning(
+                "closing %s with the outcome of %d delivery(ies) unrecorded; those tasks will "
+                "be delivered again",
+                self._db_path,
+                len(self._unrecorded),
+            )
+        try:
+            with self._tx("releasing this queue's leases") as conn:
+                mine = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM tasks WHERE state='leased' AND lease_id LIKE ?",
+                        (f"{self._lease_prefix}/%",),
+                    )
+                ]
+                self._release(conn, mine, self.now(), "queue closed")
+        except (TransientError, InternalError) as exc:
+            # The leases name this process: the next queue to open the file after it has
+            # ended (or once they expire) delivers those tasks again.
+            logger.warning("%s; leased tasks are released when the file is next opened", exc)
         for dispatcher in {
             id(d): d for d in [self._default_dispatcher, *self._dispatchers.values()]
         }.values():
