@@ -43,13 +43,27 @@ def bare(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[by
 
 def base_environ() -> dict[str, Any]:
     return {
-        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/tasks/update", "QUERY_STRING": "",
-        "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": io.StringIO(), "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False, "REMOTE_ADDR": "203.0.113.9", "REMOTE_PORT": "51234",
-        "HTTP_HOST": "localhost:8080", "HTTP_USER_AGENT": "AppEngine-Google; (+http://code.google.com/appengine)",
-        "HTTP_ACCEPT": "*/*", "HTTP_ACCEPT_ENCODING": "gzip", "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/tasks/update",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "REMOTE_ADDR": "203.0.113.9",
+        "REMOTE_PORT": "51234",
+        "HTTP_HOST": "localhost:8080",
+        "HTTP_USER_AGENT": "AppEngine-Google; (+http://code.google.com/appengine)",
+        "HTTP_ACCEPT": "*/*",
+        "HTTP_ACCEPT_ENCODING": "gzip",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
         "CONTENT_LENGTH": "0",
     }
 
@@ -135,17 +149,24 @@ def measure(args: argparse.Namespace) -> int:
         return 2
 
     apps = {"bare": bare, "taskhandler": TaskMiddleware(bare), "app engine": wrap_wsgi_app(bare)}
-    print(f"{'request':<10}{'bare µs':>10}{'+taskhandler µs':>17}{'+app engine µs':>16}"
-          f"{'ratio':>8}{'target':>8}")
+    print(
+        f"{'request':<10}{'bare µs':>10}{'+taskhandler µs':>17}{'+app engine µs':>16}"
+        f"{'ratio':>8}{'target':>8}"
+    )
     ok = True
     for name, environ in cases().items():
-        t = {label: per_request(app, environ, args.number, args.repeat) for label, app in apps.items()}
+        t = {
+            label: per_request(app, environ, args.number, args.repeat)
+            for label, app in apps.items()
+        }
         ours = t["taskhandler"] - t["bare"]
         theirs = t["app engine"] - t["bare"]
         ratio = ours / theirs
         ok &= ratio <= TARGETS[name]
-        print(f"{name:<10}{t['bare'] * 1e6:>10.2f}{ours * 1e6:>17.2f}{theirs * 1e6:>16.2f}"
-              f"{ratio:>8.3f}{TARGETS[name]:>8.2f}")
+        print(
+            f"{name:<10}{t['bare'] * 1e6:>10.2f}{ours * 1e6:>17.2f}{theirs * 1e6:>16.2f}"
+            f"{ratio:>8.3f}{TARGETS[name]:>8.2f}"
+        )
     print("\nevery request with a header name never seen before (nothing reused; no target)")
     print(f"{'request':<10}{'+taskhandler µs':>27}{'+app engine µs':>16}{'ratio':>8}")
     for name in ("spoofed", "trusted"):

@@ -399,9 +399,7 @@ def test_sign_out_never_redirects_off_site(
     assert status_of(page) == 200
     assert f'name="continue" value="{expected}"'.encode() in page
     csrf = next(
-        c.split(";", 1)[0]
-        for c in _headers(page)["set-cookie"]
-        if c.startswith(f"{COOKIE}_csrf=")
+        c.split(";", 1)[0] for c in _headers(page)["set-cookie"] if c.startswith(f"{COOKIE}_csrf=")
     )
     response = cookie_server.send(
         "POST",

@@ -15,11 +15,15 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None and not (ROOT / ".venv/bin/ruff").exists(),
-                    reason="ruff is part of the test extra")
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (ROOT / ".venv/bin/ruff").exists(),
+    reason="ruff is part of the test extra",
+)
 def test_ruff_is_clean() -> None:
     """ruff reports nothing on the package, the tests, the examples and the benchmarks."""
-    result = _run(sys.executable, "-m", "ruff", "check", "taskhandler", "tests", "examples", "bench")
+    result = _run(
+        sys.executable, "-m", "ruff", "check", "taskhandler", "tests", "examples", "bench"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

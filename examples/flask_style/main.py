@@ -33,9 +33,9 @@ from flask import Flask, abort, g, redirect, render_template_string, request
 from pydantic import BaseModel, Field
 from werkzeug.wrappers import Response
 
+from taskhandler import task_handler
 from taskhandler.config import load_app_yaml
 from taskhandler.context import TaskContext
-from taskhandler import task_handler
 from taskhandler.trust import Authenticator, TrustPolicy
 from taskhandler.wsgi import TaskMiddleware
 

@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from taskhandler import task_handler
 from taskhandler.asgi import TaskMiddleware
 from taskhandler.auth import SignedCookieAuth
 from taskhandler.config import load_app_yaml
 from taskhandler.context import TaskContext
-from taskhandler import task_handler
 from taskhandler.trust import TrustPolicy
 
 HERE = Path(__file__).resolve().parent
