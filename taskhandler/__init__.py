@@ -8,7 +8,9 @@ from .auth import AppEngineUserAuth as AppEngineUserAuth
 from .auth import SignedCookieAuth as SignedCookieAuth
 from .config import AccessRule as AccessRule
 from .config import AppConfig as AppConfig
+from .config import CronJob as CronJob
 from .config import load_app_yaml as load_app_yaml
+from .config import load_cron_yaml as load_cron_yaml
 from .config import load_web_xml as load_web_xml
 from .context import TaskContext as TaskContext
 from .context import current_task as current_task
@@ -34,6 +36,7 @@ __all__ = [
     "AppEngineUserAuth",
     "Authenticator",
     "ConfigError",
+    "CronJob",
     "DeadlineExceededError",
     "InvalidTaskHeaders",
     "OIDCVerifier",
@@ -50,6 +53,7 @@ __all__ = [
     "check_deadline",
     "current_task",
     "load_app_yaml",
+    "load_cron_yaml",
     "load_web_xml",
     "task_handler",
 ]

@@ -65,11 +65,11 @@ from .handler import (
 from .headers import TASK_HEADER_PREFIXES
 from .outcome import (
     Result,
-    app_outcome,
-    conclude,
-    failure,
+    failed_or_overran,
     failure_response,
+    failure_result,
     outcome_for_status,
+    outcome_of_answer,
 )
 from .trust import FORWARDING_HEADERS, RequestInfo
 from .wsgi import call_wsgi
@@ -122,6 +122,9 @@ class TaskMiddleware(MiddlewareBase):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            start = getattr(self.settings.trust.oidc, "start", None)
+            if scope["type"] == "lifespan" and callable(start):
+                start()  # fetch the OIDC certificates before the first task arrives
             await self.app(scope, receive, send)  # lifespan, websocket: not ours to judge
             return
         settings = self.settings
@@ -460,12 +463,12 @@ async def run_task(
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
-        result = failure(ctx, exc)
+        result = failure_result(ctx, exc)
     finally:
         _current_task.reset(token)
 
     path = functools.partial(_log_path, scope)
-    result = conclude(ctx, result, armed, path)
+    result = failed_or_overran(ctx, result, armed, path)
     if result is not None:
         await respond(send, failure_response(result))
         return
@@ -474,7 +477,7 @@ async def run_task(
     status = int(message.get("status", 500))
     headers = list(message.get("headers", ()))
     declared = next((_text(v) for n, v in headers if n.lower() == _OUTCOME_NAME), None)
-    outcome = app_outcome(ctx, status, declared, armed, path)
+    outcome = outcome_of_answer(ctx, status, declared, armed, path)
     if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
     await send({**message, "headers": headers})

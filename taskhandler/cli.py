@@ -23,8 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--db", default=None, help="SQLite file of the local queue")
 
-    check = sub.add_parser("check", help="validate app.yaml / web.xml / queue.yaml and print them")
-    check.add_argument("files", nargs="+", help="app.yaml or web.xml, then optionally queue.yaml")
+    check = sub.add_parser(
+        "check", help="validate App Engine config files and print what they configure"
+    )
+    check.add_argument(
+        "files",
+        nargs="+",
+        help="app.yaml, web.xml, queue.yaml, cron.yaml, dispatch.yaml, index.yaml, in any "
+        "order; each file's kind is told from its content",
+    )
     return parser
 
 

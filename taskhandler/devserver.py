@@ -42,7 +42,7 @@ from ._types import ASGIApplication, Receive, Scope, Send, StartResponse, WSGIAp
 from .auth import LOGOUT_PATH, SignedCookieAuth, same_origin
 from .config import AppConfig, load_app_yaml
 from .exceptions import ConfigError
-from .taskqueue import LocalTaskQueue, load_queue_yaml, use
+from .taskqueue import InternalError, LocalTaskQueue, TransientError, load_queue_yaml, use
 from .taskqueue._dispatch import is_asgi
 from .trust import TrustPolicy
 from .wsgi import request_info
@@ -230,6 +230,14 @@ class QueueConsole:
         self.token = secrets.token_urlsafe(24)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self._serve(environ, start_response)
+        except (TransientError, InternalError) as exc:
+            # The queue's storage failed (disk full, locked, deleted): say so, not a 500.
+            status = "503 Service Unavailable" if isinstance(exc, TransientError) else "500 Error"
+            return self._page(start_response, status, f"<p>{html.escape(str(exc))}</p>")
+
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request = request_info(environ)
         user = self.auth(request)
         if user is None:

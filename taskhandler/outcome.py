@@ -123,7 +123,7 @@ def log_task(
     )
 
 
-def failure(ctx: TaskContext, exc: BaseException) -> Result:
+def failure_result(ctx: TaskContext, exc: BaseException) -> Result:
     """The result for an exception that escaped a task request's app, logged with its traceback."""
     log.error(
         "task %s/%s raised %s", ctx.queue_name, ctx.task_name, type(exc).__name__, exc_info=exc
@@ -136,7 +136,7 @@ def failure_response(result: Result) -> Response:
     return plain_response(result.status, result.outcome, outcome=result.outcome)
 
 
-class Timed(Protocol):
+class ArmedDeadline(Protocol):
     """A task request's deadline, as the adapters armed it (``Armed``, ``AsyncArmed``)."""
 
     def overran(self) -> bool: ...
@@ -144,12 +144,12 @@ class Timed(Protocol):
     def elapsed(self) -> float: ...
 
 
-def conclude(
-    ctx: TaskContext, result: Result | None, deadline: Timed, path: RequestPath
+def failed_or_overran(
+    ctx: TaskContext, result: Result | None, deadline: ArmedDeadline, path: RequestPath
 ) -> Result | None:
     """End a task request that failed or overran: the result to answer with, logged once.
 
-    ``None`` means the app's own answer stands; :func:`app_outcome` then logs it.
+    ``None`` means the app's own answer stands; :func:`outcome_of_answer` then logs it.
     """
     if result is None:
         if not deadline.overran():
@@ -160,8 +160,8 @@ def conclude(
     return result
 
 
-def app_outcome(
-    ctx: TaskContext, status: int, declared: str | None, deadline: Timed, path: RequestPath
+def outcome_of_answer(
+    ctx: TaskContext, status: int, declared: str | None, deadline: ArmedDeadline, path: RequestPath
 ) -> str:
     """The outcome of the app's own answer (its ``X-Task-Outcome``, else by status), logged."""
     outcome = declared if declared is not None else outcome_for_status(status)

@@ -55,11 +55,11 @@ from .headers import TASK_HEADER_PREFIXES
 from .outcome import (
     OUTCOME_HEADER,
     Result,
-    app_outcome,
-    conclude,
-    failure,
+    failed_or_overran,
     failure_response,
+    failure_result,
     outcome_for_status,
+    outcome_of_answer,
 )
 from .trust import FORWARDING_HEADERS, RequestInfo
 
@@ -364,12 +364,12 @@ def run_task(
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
-            result = failure(ctx, exc)
+            result = failure_result(ctx, exc)
     finally:
         _current_task.reset(token)
 
     path = functools.partial(_log_path, environ)
-    result = conclude(ctx, result, armed, path)
+    result = failed_or_overran(ctx, result, armed, path)
     if result is not None:
         return respond(start_response, failure_response(result))
 
@@ -380,7 +380,7 @@ def run_task(
         status = 500
         status_text = status_line(500)
     declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER.lower()), None)
-    outcome = app_outcome(ctx, status, declared, armed, path)
+    outcome = outcome_of_answer(ctx, status, declared, armed, path)
     if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
     start_response(status_text, headers)

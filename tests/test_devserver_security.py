@@ -613,3 +613,39 @@ class _RecordedStarletteExample:
 
 flask_example = _RecordedFlaskExample()
 starlette_example = _RecordedStarletteExample()
+
+
+def test_console_says_when_the_queue_storage_fails(tmp_path: Path) -> None:
+    """A queue database locked by another process makes a console action a 503 page naming
+    the file, not a 500."""
+    import sqlite3
+
+    db = tmp_path / "queue.sqlite3"
+    queue = LocalTaskQueue(lambda environ, start_response: [b""], db=str(db), busy_timeout=0.05)
+    auth = SignedCookieAuth(SECRET)
+    console = QueueConsole(queue, auth)
+    cookie = auth.cookie_value("admin@example.com", admin=True)
+    form = urlencode({"token": console.token, "queue": "default"}).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": CONSOLE_PATH + "/purge",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "8080",
+        "HTTP_HOST": "localhost:8080",
+        "HTTP_ORIGIN": "http://localhost:8080",
+        "HTTP_COOKIE": f"{auth.cookie_name}={cookie}",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(len(form)),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(form),
+    }
+    got: list[str] = []
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        body = b"".join(console(environ, lambda status, headers: got.append(status)))
+    finally:
+        holder.close()
+        queue.close()
+    assert got == ["503 Service Unavailable"]
+    assert str(db).encode() in body

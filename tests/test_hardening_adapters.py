@@ -206,3 +206,27 @@ def test_many_copies_of_one_header_are_joined_in_linear_work() -> None:
     scope = {"headers": [(b"x-foo", b"a")] * count, "path": "/", "client": None}
     info = asgi.request_info(scope)
     assert info.headers["x-foo"] == ", ".join(["a"] * count)
+
+
+def test_asgi_lifespan_starts_the_oidc_certificate_fetch() -> None:
+    """An ASGI app's start-up warms the OIDC verifier, so the first task finds certificates."""
+
+    class Verifier:
+        started = 0
+
+        def verifies(self, authorization: str | None) -> bool:
+            return False
+
+        def start(self) -> None:
+            self.started += 1
+
+    verifier = Verifier()
+    passed: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        passed.append(scope["type"])
+
+    middleware = asgi.TaskMiddleware(app, trust=TrustPolicy(oidc=verifier))  # type: ignore[arg-type]
+    asyncio.run(middleware({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
+    assert verifier.started == 1
+    assert passed == ["lifespan"]
