@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -83,7 +82,6 @@ __all__ = [
     "serve_handler",
 ]
 
-log = logging.getLogger("taskhandler")
 
 STATE_KEY = "taskhandler.state"
 STRIPPED_KEY = "taskhandler.stripped"

@@ -26,13 +26,13 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.http import dump_cookie
 
+from ._response import Response, plain_response
 from .exceptions import ConfigError
 from .trust import RequestInfo, User
 
@@ -66,13 +66,8 @@ _CSRF_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
 _UNSAFE_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f\\]")
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A complete response an authenticator serves itself (sign-in and sign-out pages)."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+Page = Response
+"""A complete response an authenticator serves itself (sign-in and sign-out pages)."""
 
 
 def is_localhost(host: str) -> bool:
@@ -382,7 +377,7 @@ class SignedCookieAuth:
         body = _render_form(
             target=target, token=token, current=current, error=error, email=email
         ).encode("utf-8")
-        return Page(status, headers, b"" if head else body)
+        return Page(status, tuple(headers), b"" if head else body)
 
     def _login_post(self, request: RequestInfo, body: bytes) -> Page:
         if not same_origin(request):
@@ -426,7 +421,7 @@ class SignedCookieAuth:
         body = _render_logout(
             target=target, token=token, current=self(request), error=error
         ).encode("utf-8")
-        return Page(status, headers, b"" if head else body)
+        return Page(status, tuple(headers), b"" if head else body)
 
     def _logout_post(self, request: RequestInfo, body: bytes) -> Page:
         if not same_origin(request):
@@ -532,22 +527,16 @@ def _read_form(request: RequestInfo, body: bytes) -> dict[str, str] | Page:
 
 
 def _text_page(status: int, message: str) -> Page:
-    body = f"{message}\n".encode()
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
-    return Page(status, headers, body)
+    return plain_response(status, message, no_store=True)
 
 
 def _method_not_allowed(allow: str) -> Page:
     page = _text_page(405, "method not allowed")
-    return Page(405, [*page.headers, ("Allow", allow)], page.body)
+    return Page(405, (*page.headers, ("Allow", allow)), page.body)
 
 
 def _redirect(target: str, headers: list[tuple[str, str]]) -> Page:
-    return Page(
-        302,
-        [*headers, ("Location", target), ("Cache-Control", "no-store")],
-        b"",
-    )
+    return Page(302, (*headers, ("Location", target), ("Cache-Control", "no-store")), b"")
 
 
 _FORM = """<!doctype html>

@@ -11,6 +11,7 @@ Pure: standard library only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -186,9 +187,14 @@ def scheme_from_header(header: Callable[[str], str | None]) -> bool:
 
 
 class _AddressSet:
-    """IPs and CIDRs parsed once, with a fast exact-string check before parsing a peer."""
+    """IPs and CIDRs parsed once; asks whether a peer (or hop) address is among them.
 
-    __slots__ = ("_cache", "_exact", "_networks")
+    A malformed entry is a ``ConfigError`` at construction. Peers repeat a lot (the queue,
+    a proxy), so the answer for an address string is kept in a bounded cache private to
+    this set, the way uvicorn's ``_TrustedHosts`` keeps its own.
+    """
+
+    __slots__ = ("_contains", "_exact", "_networks")
 
     def __init__(self, entries: Iterable[str], what: str) -> None:
         if isinstance(entries, str):
@@ -212,7 +218,7 @@ class _AddressSet:
                 exact.add(str(network.network_address))
         self._networks = tuple(networks)
         self._exact = frozenset(exact)
-        self._cache: dict[str, bool] = {}
+        self._contains = functools.lru_cache(maxsize=_PARSE_CACHE_MAX)(self._compute)
 
     def __bool__(self) -> bool:
         return bool(self._networks)
@@ -220,16 +226,10 @@ class _AddressSet:
     def __contains__(self, text: object) -> bool:
         if not isinstance(text, str):
             return False
-        if text in self._exact:
-            return True
-        cached = self._cache.get(text)
-        if cached is not None:
-            return cached
-        found = self.holds(parse_address(text))
-        if len(self._cache) >= _PARSE_CACHE_MAX:
-            self._cache.clear()
-        self._cache[text] = found
-        return found
+        return text in self._exact or self._contains(text)
+
+    def _compute(self, text: str) -> bool:
+        return self.holds(parse_address(text))
 
     def holds(self, address: IPAddress | None) -> bool:
         """True when the parsed ``address`` is in one of the networks."""

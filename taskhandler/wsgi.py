@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import io
-import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -72,7 +71,6 @@ __all__ = [
     "serve_handler",
 ]
 
-log = logging.getLogger("taskhandler")
 
 STATE_KEY = "taskhandler.state"
 STRIPPED_KEY = "taskhandler.stripped"
