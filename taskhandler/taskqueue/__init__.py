@@ -18,20 +18,20 @@ Tasks tasks instead (the ``cloudtasks`` extra; google-cloud-tasks is imported on
 
 from __future__ import annotations
 
-from ._api import MAX_TASKS_PER_ADD as MAX_TASKS_PER_ADD
-from ._api import MAX_TRANSACTIONAL_TASKS as MAX_TRANSACTIONAL_TASKS
-from ._api import AddResult as AddResult
-from ._api import NewTask as NewTask
 from ._api import Queue as Queue
-from ._api import TaskQueueBackend as TaskQueueBackend
 from ._api import add as add
 from ._api import add_async as add_async
-from ._api import current_backend as current_backend
-from ._api import transaction as transaction
-from ._api import use as use
+from ._backend import NewTask as NewTask
+from ._backend import TaskQueueBackend as TaskQueueBackend
+from ._backend import current_backend as current_backend
+from ._backend import use as use
 from ._backoff import RetryPolicy as RetryPolicy
 from ._clock import ManualClock as ManualClock
 from ._dispatch import QUEUE_PEER as QUEUE_PEER
+from ._enqueue import MAX_TASKS_PER_ADD as MAX_TASKS_PER_ADD
+from ._enqueue import MAX_TRANSACTIONAL_TASKS as MAX_TRANSACTIONAL_TASKS
+from ._enqueue import AddResult as AddResult
+from ._enqueue import transaction as transaction
 from ._errors import BadTaskStateError as BadTaskStateError
 from ._errors import BadTransactionStateError as BadTransactionStateError
 from ._errors import DuplicateTaskNameError as DuplicateTaskNameError

@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any
 
 from ..exceptions import ConfigError
-from ._api import NewTask
+from ._backend import NewTask
 from ._backoff import RetryPolicy
 from ._dispatch import Dispatcher, Outcome, Request, clean_reason, make_dispatcher
 from ._errors import (

@@ -8,8 +8,10 @@ import math
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._backend import NewTask, now
+from ._enqueue import AddResult, add_tasks, check_queue_name
 from ._errors import (
     InvalidEtaError,
     InvalidTaskError,
@@ -19,9 +21,6 @@ from ._errors import (
     TaskTooLargeError,
 )
 from ._queue_yaml import RetryParameters
-
-if TYPE_CHECKING:
-    from ._api import AddResult
 
 MAX_TASK_NAME_LENGTH = 500
 MAX_PUSH_TASK_SIZE_BYTES = 100 * 2**10
@@ -243,8 +242,6 @@ class Task:
         target: str | None = None,
         dispatch_deadline_usec: int | None = None,
     ) -> None:
-        from ._api import now
-
         if name is not None and (not isinstance(name, str) or not TASK_NAME_RE.match(name)):
             raise InvalidTaskNameError(
                 f'The task name does not match expression "{TASK_NAME_PATTERN}"; found {name!r}'
@@ -443,9 +440,28 @@ class Task:
         self, queue_name: str = DEFAULT_QUEUE, transactional: bool = False
     ) -> AddResult[Task]:
         """Add this task to a queue; ``get_result()`` on the returned object gives the task."""
-        from ._api import Queue
+        result: AddResult[Task] = add_tasks(
+            check_queue_name(queue_name), [self], transactional=transactional, multiple=False
+        )
+        return result
 
-        return Queue(queue_name).add_async(self, transactional)
+    def _record(self, queue_name: str) -> NewTask:
+        """This task as the record a backend stores in ``queue_name``."""
+        url = self._relative_url
+        if self._default_url:
+            url = f"{DEFAULT_QUEUE_PATH}/{queue_name}{url}"
+        options = self._retry_options
+        return NewTask(
+            queue_name=queue_name,
+            task_name=self._name,
+            method=self._method,
+            url=url,
+            headers=tuple(self._headers),
+            payload=self._payload or b"",
+            eta=self._eta_posix,
+            target=self._target,
+            retry=None if options is None else options.to_parameters(),
+        )
 
     def _mark_enqueued(self, queue_name: str, name: str) -> None:
         self._queue_name = queue_name

@@ -61,7 +61,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError
-from ._api import NewTask
+from ._backend import NewTask
 from ._errors import (
     Error,
     InternalError,

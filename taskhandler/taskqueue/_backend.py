@@ -1,0 +1,144 @@
+"""What a task queue backend is, and which one is installed.
+
+:class:`NewTask` is the plain record a backend receives; :class:`TaskQueueBackend` is what it
+offers; :func:`use` installs one process-wide and :func:`current_backend` returns it. This
+module sits below ``Task`` and ``Queue`` (both hand it records), and imports neither.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from ._errors import Error
+from ._queue_yaml import RetryParameters
+
+__all__ = ["NewTask", "TaskQueueBackend", "current_backend", "now", "use"]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated task on its way into a backend: plain data only.
+
+    Attributes:
+        queue_name: the queue.
+        task_name: the caller's name, or ``None`` for the backend to generate one.
+        method: the HTTP method.
+        url: the full relative URL (the queue's default URL already filled in).
+        headers: the caller's extra headers, in order.
+        payload: the body (``b""`` when none).
+        eta: seconds since the epoch.
+        target: the task's own target (the backend applies a queue's ``target`` over it).
+        retry: the task's retry options, or ``None``.
+    """
+
+    queue_name: str
+    task_name: str | None
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    payload: bytes
+    eta: float
+    target: str | None
+    retry: RetryParameters | None
+
+
+@runtime_checkable
+class TaskQueueBackend(Protocol):
+    """What :func:`use` accepts: something that stores tasks for dispatch.
+
+    ``enqueue`` returns, for each task in order, the task name it stored or the
+    :class:`Error` that refused it. With ``atomic=True`` it stores all or none and raises the
+    first error instead.
+
+    A backend whose calls are slow (a network service) may also offer
+    ``enqueue_async(tasks) -> concurrent.futures.Future[list[str | Error]]``: it starts the
+    non-atomic ``enqueue`` and returns at once. ``add_async()`` then returns without waiting
+    for it; without it ``add_async()`` calls ``enqueue``.
+    """
+
+    def now(self) -> float:
+        """The backend's clock, in seconds since the epoch (countdowns start from it)."""
+        ...
+
+    def check_queue(self, queue_name: str) -> None:
+        """Raise ``UnknownQueueError`` (or ``InvalidQueueModeError``) if tasks cannot join."""
+        ...
+
+    def enqueue(self, tasks: Sequence[NewTask], *, atomic: bool = False) -> list[str | Error]:
+        """Store tasks; see the class docstring."""
+        ...
+
+    def delete(self, queue_name: str, task_name: str) -> bool:
+        """Delete a pending task (leaving a tombstone); False when there was none."""
+        ...
+
+    def purge(self, queue_name: str) -> int:
+        """Delete every pending task of the queue; return how many."""
+        ...
+
+
+_lock = threading.Lock()
+_backend: TaskQueueBackend | None = None
+
+
+def now() -> float:
+    """The installed backend's clock, or the system clock when none is installed."""
+    backend = _backend
+    return time.time() if backend is None else backend.now()
+
+
+def current_backend() -> TaskQueueBackend:
+    """The backend :func:`add` uses.
+
+    Raises:
+        Error: none is installed.
+    """
+    backend = _backend
+    if backend is None:
+        raise Error(
+            "no task queue is installed: call taskqueue.use(LocalTaskQueue(app_or_url)) first"
+        )
+    return backend
+
+
+class use:  # used like a function: taskqueue.use(q), or `with taskqueue.use(q):`
+    """Install ``backend`` as the queue that :func:`add`, :class:`Queue` and :class:`Task` use.
+
+    It takes effect at once, process-wide (every thread). Used in a ``with`` statement, the
+    previous backend is restored at the end of the block.
+
+    Args:
+        backend: a :class:`TaskQueueBackend` such as :class:`LocalTaskQueue`, or ``None`` to
+            uninstall.
+
+    Example:
+        >>> taskqueue.use(LocalTaskQueue(app))              # doctest: +SKIP
+        >>> with taskqueue.use(LocalTaskQueue(app)): ...    # doctest: +SKIP
+    """
+
+    def __init__(self, backend: TaskQueueBackend | None) -> None:
+        global _backend
+        if backend is not None and not isinstance(backend, TaskQueueBackend):
+            raise TypeError(f"not a task queue backend: {backend!r}")
+        with _lock:
+            self.previous = _backend
+            self.backend = backend
+            _backend = backend
+
+    def __enter__(self) -> TaskQueueBackend | None:
+        return self.backend
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        global _backend
+        with _lock:
+            _backend = self.previous

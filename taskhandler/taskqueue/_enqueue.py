@@ -1,0 +1,272 @@
+"""Adding tasks: what ``Task.add`` and ``Queue.add`` share.
+
+App Engine's rules for one ``add()`` call (at most 100 tasks, no name twice, no task added
+twice), transactional adds (``with transaction():``, at most 5, unnamed, all or none), and the
+:class:`AddResult` that ``add_async()`` returns. The tasks are handed to the installed backend
+as :class:`~taskhandler.taskqueue._backend.NewTask` records.
+
+It works on anything shaped like a :class:`Task` (:class:`Addable`), so it does not import the
+``Task`` class: ``Task`` imports this module, and ``Queue`` imports both.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from ._backend import NewTask, current_backend
+from ._errors import (
+    BadTaskStateError,
+    BadTransactionStateError,
+    DuplicateTaskNameError,
+    Error,
+    InvalidQueueNameError,
+    InvalidTaskNameError,
+    TaskAlreadyExistsError,
+    TombstonedTaskError,
+    TooManyTasksError,
+)
+from ._queue_yaml import QUEUE_NAME_RE
+
+__all__ = [
+    "MAX_TASKS_PER_ADD",
+    "MAX_TRANSACTIONAL_TASKS",
+    "AddResult",
+    "Addable",
+    "add_tasks",
+    "check_queue_name",
+    "transaction",
+]
+
+MAX_TASKS_PER_ADD = 100
+MAX_TRANSACTIONAL_TASKS = 5
+
+T = TypeVar("T")
+
+
+class Addable(Protocol):
+    """What :func:`add_tasks` needs of a task (``Task`` is one)."""
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def was_enqueued(self) -> bool: ...
+
+    def _record(self, queue_name: str) -> NewTask: ...
+
+    def _mark_enqueued(self, queue_name: str, name: str) -> None: ...
+
+
+def check_queue_name(name: object) -> str:
+    """``name`` if it is a valid queue name; :class:`InvalidQueueNameError` otherwise."""
+    if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
+        raise InvalidQueueNameError(
+            f'Queue name does not match pattern "{QUEUE_NAME_RE.pattern}"; found {name!r}'
+        )
+    return name
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+class AddResult(Generic[T]):
+    """What ``add_async`` returns: ``get_result()`` gives the task(s) or raises the add's error.
+
+    It behaves like the RPC object App Engine's ``add_async()`` returns. With a backend that
+    offers ``enqueue_async`` (``CloudTasksBackend``) the add is still in flight when this
+    object is returned: ``done()`` tells whether it has finished, and the first of
+    ``get_result()``, ``check_success()`` or ``wait()`` waits for it and then fills in the
+    tasks' ``name``/``queue_name`` and ``was_enqueued`` (as App Engine's result hook did), so
+    read those only after one of them. With the local queue the add has already happened
+    (it takes well under a millisecond) and nothing blocks.
+
+    Each object is safe to use from several threads; the outcome is settled once and every
+    later call gives the same task(s) or raises the same error.
+    """
+
+    def __init__(
+        self,
+        value: T | None = None,
+        error: BaseException | None = None,
+        *,
+        future: concurrent.futures.Future[list[str | Error]] | None = None,
+        finish: Callable[[list[str | Error]], T] | None = None,
+    ) -> None:
+        if (future is None) != (finish is None):
+            raise TypeError("AddResult: future and finish go together")
+        self._value = value
+        self._error = error
+        self._future = future
+        self._finish = finish
+        self._lock = threading.Lock()
+
+    def _settle(self) -> None:
+        # Unlocked fast path: _future only ever goes from a future to None.
+        if self._future is None:
+            return
+        with self._lock:
+            future, finish = self._future, self._finish
+            if future is None or finish is None:
+                return
+            try:
+                self._value = finish(future.result())
+            except Exception as exc:  # the add's error, kept to raise on every call
+                self._error = exc
+            self._future = None
+            self._finish = None
+
+    def get_result(self) -> T:
+        """Wait for the add; return the added task (or list of tasks) or raise its error."""
+        self._settle()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def check_success(self) -> None:
+        """Wait for the add; raise its error, if any."""
+        self._settle()
+        if self._error is not None:
+            raise self._error
+
+    def wait(self) -> None:
+        """Wait for the add to complete, without raising its error."""
+        self._settle()
+
+    def done(self) -> bool:
+        """Whether the add has completed (``get_result()`` will not block)."""
+        future = self._future
+        return future is None or future.done()
+
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Transaction:
+    pending: list[tuple[str, Addable]] = field(default_factory=list)
+
+
+_transaction: ContextVar[_Transaction | None] = ContextVar("taskhandler_transaction", default=None)
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Tasks added with ``transactional=True`` inside the block are enqueued only if it completes.
+
+    As with App Engine's datastore transactions, at most 5 tasks, all unnamed. If the block
+    raises, none of them is enqueued; if it completes, all are enqueued together (all or none).
+
+    Raises:
+        BadTransactionStateError: the block is nested in another ``transaction()``.
+
+    Example:
+        >>> with taskqueue.transaction():                               # doctest: +SKIP
+        ...     save_order(order)
+        ...     taskqueue.add(url="/tasks/mail", params={"order": order.id}, transactional=True)
+    """
+    if _transaction.get() is not None:
+        raise BadTransactionStateError("nested transactions are not supported")
+    txn = _Transaction()
+    token = _transaction.set(txn)
+    try:
+        yield
+    finally:
+        _transaction.reset(token)
+    if txn.pending:
+        backend = current_backend()
+        records = [task._record(queue_name) for queue_name, task in txn.pending]
+        names = backend.enqueue(records, atomic=True)
+        for (queue_name, task), name in zip(txn.pending, names, strict=True):
+            if isinstance(name, str):
+                task._mark_enqueued(queue_name, name)
+
+
+def _add_transactional(queue_name: str, tasks: Sequence[Addable]) -> None:
+    txn = _transaction.get()
+    if txn is None:
+        raise BadTransactionStateError("Transactional adds are not allowed outside of transactions")
+    for item in tasks:
+        if item.name:
+            raise InvalidTaskNameError("A task bound to a transaction cannot be named.")
+    if len(txn.pending) + len(tasks) > MAX_TRANSACTIONAL_TASKS:
+        raise TooManyTasksError(
+            f"No more than {MAX_TRANSACTIONAL_TASKS} transactional tasks can be added in a"
+            " single transaction"
+        )
+    current_backend().check_queue(queue_name)
+    txn.pending.extend((queue_name, item) for item in tasks)
+
+
+# -- adding ----------------------------------------------------------------------------------
+
+
+def _finish(
+    queue_name: str, tasks: Sequence[Addable], multiple: bool, results: list[str | Error]
+) -> Any:
+    """Mark the stored tasks enqueued; raise the error to report, as App Engine chose it.
+
+    That is the first error other than ``TaskAlreadyExistsError``/``TombstonedTaskError``
+    if any, else the first of those.
+    """
+    error: Error | None = None
+    for item, result in zip(tasks, results, strict=True):
+        if isinstance(result, str):
+            item._mark_enqueued(queue_name, result)
+        elif error is None or isinstance(error, (TaskAlreadyExistsError, TombstonedTaskError)):
+            error = result
+    if error is not None:
+        raise error
+    return list(tasks) if multiple else tasks[0]
+
+
+def add_tasks(
+    queue_name: str, tasks: Sequence[Addable], *, transactional: bool, multiple: bool
+) -> AddResult[Any]:
+    """Add ``tasks`` to the queue ``queue_name`` (a checked name); see ``Queue.add_async``.
+
+    Errors in the arguments (too many tasks, duplicate names, a task already added) are raised
+    here; errors from the backend are kept in the returned :class:`AddResult`, whose value is
+    the list of tasks when ``multiple``, else the one task.
+    """
+    if len(tasks) > MAX_TASKS_PER_ADD:
+        raise TooManyTasksError(
+            f"No more than {MAX_TASKS_PER_ADD} tasks can be added in a single call"
+        )
+    seen: set[str] = set()
+    for item in tasks:
+        name = item.name
+        if name:
+            if name in seen:
+                raise DuplicateTaskNameError(
+                    f"The task name {name!r} is used more than once in the request"
+                )
+            seen.add(name)
+        if item.was_enqueued:
+            raise BadTaskStateError("The task has already been enqueued.")
+    if transactional:
+        _add_transactional(queue_name, tasks)
+        return AddResult[Any](list(tasks) if multiple else tasks[0])
+
+    def finish(results: list[str | Error]) -> Any:
+        return _finish(queue_name, tasks, multiple, results)
+
+    try:
+        backend = current_backend()
+        records = [item._record(queue_name) for item in tasks]
+        enqueue_async = getattr(backend, "enqueue_async", None)
+        if enqueue_async is not None:
+            future: concurrent.futures.Future[list[str | Error]] = enqueue_async(records)
+            return AddResult[Any](future=future, finish=finish)
+        results = backend.enqueue(records)
+    except Error as exc:
+        return AddResult(error=exc)
+    try:
+        return AddResult[Any](finish(results))
+    except Error as exc:
+        return AddResult(error=exc)
