@@ -1,14 +1,15 @@
 """Per-request cost the ASGI TaskMiddleware adds over a bare ASGI app, next to the WSGI one's.
 
-Run: ``python bench/asgi.py [--number N] [--repeat R]``.
+Run: ``python bench/asgi.py [--quick] [--number N] [--rounds R]``.
 
 Three requests, each measured in the same run, on both protocols, against a bare app:
   (a) plain     - an ordinary request, no task headers
   (b) spoofed   - an untrusted peer sending five X-AppEngine-* headers (all stripped)
   (c) trusted   - a task request from 0.1.0.2 (context parsed, deadline armed, outcome mapped)
 
-Added cost = (middleware + app) - (bare app), per request, best of R runs of N requests.
-The figure that matters is ASGI added / WSGI added for the same case; target <= 1.5.
+Added cost = (middleware + app) - (bare app), per request, in CPU time of the measuring
+thread. All twelve runs are interleaved round by round; the figure that matters is ASGI
+added / WSGI added for the same case within a round, median over rounds; target <= 1.5.
 ASGI requests run one after another inside one coroutine on a running event loop, so the
 loop's own scheduling is not counted against either side. Like App Engine's middleware,
 the benchmark runs with INFO logging off (the per-request record is at INFO).
@@ -20,9 +21,10 @@ import argparse
 import asyncio
 import io
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
+
+from _rounds import clock, interleaved, median, per_round, seconds_per_call, spread, verdict
 
 from taskhandler import asgi, wsgi
 
@@ -87,17 +89,12 @@ def wsgi_environ(case: str) -> dict[str, Any]:
     return environ
 
 
-def time_wsgi(app: Any, environ: dict[str, Any], number: int, repeat: int) -> float:
+def time_wsgi(app: Any, environ: dict[str, Any], number: int) -> float:
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return None
 
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(number):
-            app(dict(environ), start_response)  # a fresh environ, as a server gives
-        best = min(best, time.perf_counter() - started)
-    return best / number
+    # A fresh environ each request, as a server gives.
+    return seconds_per_call(lambda: app(dict(environ), start_response), number)
 
 
 # -- ASGI ------------------------------------------------------------------------------------
@@ -144,15 +141,12 @@ def asgi_scope(case: str) -> dict[str, Any]:
     }
 
 
-def time_asgi(app: Any, scope: dict[str, Any], number: int, repeat: int) -> float:
+def time_asgi(app: Any, scope: dict[str, Any], number: int) -> float:
     async def run() -> float:
-        best = float("inf")
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for _ in range(number):
-                await app(dict(scope), receive, send)  # a fresh scope, as a server gives
-            best = min(best, time.perf_counter() - started)
-        return best / number
+        started = clock()
+        for _ in range(number):
+            await app(dict(scope), receive, send)  # a fresh scope, as a server gives
+        return (clock() - started) / number
 
     return asyncio.run(run())
 
@@ -160,53 +154,61 @@ def time_asgi(app: Any, scope: dict[str, Any], number: int, repeat: int) -> floa
 # -- the table -------------------------------------------------------------------------------
 
 
-def measure(number: int, repeat: int) -> dict[str, dict[str, float]]:
-    """Best per-request time of each of the twelve (case, protocol, bare/wrapped) runs.
+def measure(number: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Per-request times of the twelve (case, protocol, bare/wrapped) runs, round by round.
 
-    The runs are interleaved round by round, so that a busy moment on a shared machine
-    hits all of them alike rather than one column.
+    The runs are interleaved round by round (``bench/_rounds.py``), so that a busy moment
+    on a shared machine hits all of them alike rather than one column.
     """
     wsgi_mw = wsgi.TaskMiddleware(wsgi_bare)
     asgi_mw = asgi.TaskMiddleware(asgi_bare)
-    runs: dict[str, dict[str, Callable[[], float]]] = {}
+    runs: dict[str, Callable[[], float]] = {}
     for case in CASES:
         environ, scope = wsgi_environ(case), asgi_scope(case)
-        runs[case] = {
-            "wsgi_bare": lambda e=environ: time_wsgi(wsgi_bare, e, number, 1),
-            "wsgi_mw": lambda e=environ: time_wsgi(wsgi_mw, e, number, 1),
-            "asgi_bare": lambda s=scope: time_asgi(asgi_bare, s, number, 1),
-            "asgi_mw": lambda s=scope: time_asgi(asgi_mw, s, number, 1),
+        runs[f"{case}/wsgi_bare"] = lambda e=environ: time_wsgi(wsgi_bare, e, number)
+        runs[f"{case}/wsgi_mw"] = lambda e=environ: time_wsgi(wsgi_mw, e, number)
+        runs[f"{case}/asgi_bare"] = lambda s=scope: time_asgi(asgi_bare, s, number)
+        runs[f"{case}/asgi_mw"] = lambda s=scope: time_asgi(asgi_mw, s, number)
+    for run in runs.values():  # warm up
+        run()
+    results = interleaved(runs, rounds)
+    return {
+        case: {
+            kind: results[f"{case}/{kind}"]
+            for kind in ("wsgi_bare", "wsgi_mw", "asgi_bare", "asgi_mw")
         }
-    best = {case: dict.fromkeys(kinds, float("inf")) for case, kinds in runs.items()}
-    for _ in range(repeat):
-        for case, kinds in runs.items():
-            for kind, run in kinds.items():
-                best[case][kind] = min(best[case][kind], run())
-    return best
+        for case in CASES
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--number", type=int, default=2000, help="requests per timing run")
-    parser.add_argument("--repeat", type=int, default=25, help="timing runs; the best counts")
+    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test)")
+    parser.add_argument("--number", type=int, help="requests per run (default 2000; quick 500)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 15; quick 5)")
     args = parser.parse_args(argv)
-    results = measure(args.number, args.repeat)
-    print(f"ASGI vs WSGI TaskMiddleware, added cost per request (us), best of {args.repeat}")
+    number = args.number or (500 if args.quick else 2000)
+    rounds = args.rounds or (5 if args.quick else 15)
+    results = measure(number, rounds)
     print(
-        f"{'case':<9} {'WSGI bare':>10} {'+mw':>9} {'added':>8}   "
-        f"{'ASGI bare':>10} {'+mw':>9} {'added':>8}   {'ASGI/WSGI':>9}  target"
+        f"ASGI vs WSGI TaskMiddleware, added cost per request (µs, medians); "
+        f"{rounds} interleaved rounds of {number} requests"
+    )
+    print(
+        f"{'case':<9} {'WSGI bare':>10} {'added':>8}   {'ASGI bare':>10} {'added':>8}   "
+        f"{'ASGI/WSGI median (spread)':<26} target"
     )
     ok = True
     for case, r in results.items():
-        w_added = r["wsgi_mw"] - r["wsgi_bare"]
-        a_added = r["asgi_mw"] - r["asgi_bare"]
-        ratio = a_added / w_added if w_added > 0 else float("inf")
-        passed = ratio <= TARGET
-        ok = ok and passed
+        w_added = per_round(lambda b, m: m - b, r["wsgi_bare"], r["wsgi_mw"])
+        a_added = per_round(lambda b, m: m - b, r["asgi_bare"], r["asgi_mw"])
+        ratios = per_round(lambda a, w: a / w, a_added, w_added)
+        met = median(ratios) <= TARGET
+        ok = ok and met
         print(
-            f"{case:<9} {r['wsgi_bare'] * 1e6:>10.2f} {r['wsgi_mw'] * 1e6:>9.2f} "
-            f"{w_added * 1e6:>8.2f}   {r['asgi_bare'] * 1e6:>10.2f} {r['asgi_mw'] * 1e6:>9.2f} "
-            f"{a_added * 1e6:>8.2f}   {ratio:>9.2f}  <= {TARGET} {'ok' if passed else 'MISSED'}"
+            f"{case:<9} {median(r['wsgi_bare']) * 1e6:>10.2f} {median(w_added) * 1e6:>8.2f}   "
+            f"{median(r['asgi_bare']) * 1e6:>10.2f} {median(a_added) * 1e6:>8.2f}   "
+            f"{spread(ratios):<26} <= {TARGET} {verdict(met, median(ratios), TARGET)}"
         )
     return 0 if ok else 1
 
