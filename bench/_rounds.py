@@ -8,7 +8,7 @@ computes the ratio *within* each round, and prints the median of those ratios wi
 spread (lowest-highest): a wide spread says the machine was busy, not that the code changed.
 
 The in-process scripts time with the measuring thread's CPU time (``clock``), which a
-busy neighbour process does not inflate; ``bench/http.py`` counts requests per second.
+busy neighbour process does not inflate; ``bench/http_servers.py`` counts requests per second.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""The apps ``bench/http.py`` serves: the same tiny app bare and under ``TaskMiddleware``.
+"""The apps ``bench/http_servers.py`` serves: the same tiny app bare and under ``TaskMiddleware``.
 
 ``POST /tasks/count`` answers ``task`` when the request was trusted as a task (the handler
 sees ``current_task()``) and ``ok`` otherwise, so a run can check that its task requests
 really were trusted. Loopback is the queue: ``TrustPolicy(queue_sources=["127.0.0.1"])``.
 
-Served from the repository root as ``bench.http_apps:<name>`` (not from ``bench/``, where
-``bench/http.py`` would shadow the standard library's ``http`` package in the server)::
+Served from the repository root as ``bench.http_apps:<name>``::
 
     uvicorn bench.http_apps:starlette_wrapped
     gunicorn -k gthread bench.http_apps:flask_wrapped

@@ -1,6 +1,6 @@
 """Requests per second through real servers, bare app vs the same app under TaskMiddleware.
 
-Run: ``python bench/http.py [--quick] [--rounds N] [--seconds S]`` (needs ``wrk``:
+Run: ``python bench/http_servers.py [--quick] [--rounds N] [--seconds S]`` (needs ``wrk``:
 ``apt-get install -y wrk``).
 
 What a user of the middleware feels is the throughput of their server, not microseconds
@@ -30,13 +30,6 @@ non-2xx answer or socket error stops. Servers stop when the script ends, and by 
 
 from __future__ import annotations
 
-import sys
-
-# Run as ``python bench/http.py``, this file's folder is first on sys.path, where it would
-# shadow the standard library's ``http`` package: move the folder to the end.
-if sys.path and sys.path[0].endswith("bench"):
-    sys.path.append(sys.path.pop(0))
-
 import argparse
 import http.client
 import os
@@ -44,6 +37,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
