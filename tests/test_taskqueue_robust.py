@@ -188,8 +188,9 @@ class Trouble:
 
 def _set_page_limit(q: LocalTaskQueue, pages: int | None) -> None:
     # max_page_count belongs to a connection, so this one reaches into the queue's own.
-    with q._db_lock:
-        conn = q._conn
+    store = q._store
+    with store.lock:
+        conn = store.connection
         if pages is None:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={pages}")
