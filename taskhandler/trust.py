@@ -260,6 +260,12 @@ class TrustPolicy:
             WSGI modes of hypercorn, granian and uvicorn): there a stranger's underscore
             spelling cannot be told from the proxy's header, so without this promise the
             forwarding headers are not believed at all (fail closed, logged once).
+        platform_sets_proto: every request reaches this server through a platform front end
+            that sets ``X-Forwarded-Proto`` itself, overwriting any client's value (Cloud Run,
+            App Engine flexible, a Google Cloud load balancer): its last value is then the
+            scheme for ``secure: always``, from any peer. Without it, a scheme header from a
+            peer not in ``trusted_proxies`` is taken as a client's claim and the request is
+            held to plain HTTP. Never set it where clients can reach the server directly.
 
     Example::
 
@@ -272,6 +278,7 @@ class TrustPolicy:
         "_warned_folded",
         "mode",
         "oidc",
+        "platform_sets_proto",
         "proxy_drops_underscore_headers",
         "queue_sources",
         "trusted_proxies",
@@ -286,8 +293,10 @@ class TrustPolicy:
         *,
         oidc: OIDCVerifier | None = None,
         proxy_drops_underscore_headers: bool = False,
+        platform_sets_proto: bool = False,
     ) -> None:
         self.mode = "strict"
+        self.platform_sets_proto = bool(platform_sets_proto)
         self.proxy_drops_underscore_headers = bool(proxy_drops_underscore_headers)
         self._warned_folded = False
         self.queue_sources = _AddressSet(queue_sources, "queue_sources")
@@ -397,7 +406,8 @@ class TrustPolicy:
         """
         if self.mode == "app_engine":
             return scheme
-        if peer is not None and peer in self.trusted_proxies and self._believes_proxies(folded):
+        from_proxy = peer is not None and peer in self.trusted_proxies
+        if (from_proxy and self._believes_proxies(folded)) or self.platform_sets_proto:
             proto = header("x-forwarded-proto")
             if proto:
                 last = proto.rsplit(",", 1)[-1].strip().lower()

@@ -296,3 +296,18 @@ def test_wsgi_servers_known_to_drop_underscore_headers(software: str, believed: 
 
     view = request_view({"SERVER_SOFTWARE": software, "PATH_INFO": "/"})
     assert view.folded is not believed
+
+
+@pytest.mark.parametrize(
+    ("proto", "runs"),
+    [
+        pytest.param("https", True, id="front end says https"),
+        pytest.param("http", False, id="front end says http"),
+        pytest.param("http, https", True, id="last value counts"),
+    ],
+)
+def test_a_platform_front_end_tells_the_scheme(adapter: Adapter, proto: str, runs: bool) -> None:
+    """On Cloud Run the front end sets X-Forwarded-Proto for every request, from any peer."""
+    req = Request(path="/secure/page", headers=[("X-Forwarded-Proto", proto)], peer="169.254.1.1")
+    result = adapter.run(req, config=RULES, trust=TrustPolicy(platform_sets_proto=True))
+    assert (result.seen is not None) is runs
