@@ -189,13 +189,14 @@ def decide(view: RequestView, settings: Settings, user: Callable[[], User | None
     return Decision(trusted_by, remove, refusal, context)
 
 
-def decide_nested(view: RequestView, settings: Settings, outer: RequestState) -> Decision:
+def decide_nested(
+    view: RequestView, settings: Settings, outer: RequestState, user: Callable[[], User | None]
+) -> Decision:
     """The decision of a ``TaskMiddleware`` inside another one.
 
     Trust and stripping are decided once, by the outermost layer; this layer's access
-    rules still apply, with its own authenticator (or the outer one's when it has none).
+    rules still apply, with ``user`` as this layer's authenticator sees the request.
     """
-    user = outer.user if settings.authenticator is None else outer.user_by(settings)
     refusal = access_refusal(view, settings, is_task=outer.context is not None, user=user)
     return Decision(outer.trusted_by, (), refusal, outer.context)
 
@@ -278,10 +279,6 @@ class RequestState:
     def stripped(self) -> tuple[str, ...]:
         """The names of the headers removed from the request."""
         return self.decision.removed_names
-
-    def user_by(self, settings: Settings) -> LazyUser:
-        """The user as another layer's authenticator sees this request."""
-        return LazyUser(settings.authenticator, self.user._info)
 
     def is_admin(self) -> bool:
         """True when the request is from a signed-in administrator."""

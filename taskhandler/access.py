@@ -115,12 +115,14 @@ def routable_paths(path: str, prefixes: Iterable[str]) -> tuple[str, ...]:
     from a request header: gunicorn's ``SCRIPT_NAME`` header, daphne's ``Daphne-Root-Path``,
     ``X-Forwarded-Prefix`` under ``ProxyFix``). The rules are applied to each of these
     paths and the strictest decision wins, so a prefix can never hide a protected URL.
-    A prefix counts only where it ends at a segment boundary of ``path``.
+    A prefix that ends inside a segment counts too, as servers may cut it there.
 
     Example::
 
         >>> routable_paths("/api/tasks/x", ["/api"])
         ('/api/tasks/x', '/tasks/x')
+        >>> routable_paths("/xadmin", ["/x"])
+        ('/xadmin', '/admin')
     """
     paths = [path]
     for prefix in prefixes:
@@ -129,7 +131,9 @@ def routable_paths(path: str, prefixes: Iterable[str]) -> tuple[str, ...]:
             continue
         rest = path[len(prefix) :]
         if rest and not rest.startswith("/"):
-            continue
+            # Some servers cut a prefix mid-segment (gunicorn: /xadmin with SCRIPT_NAME /x
+            # routes admin), and frameworks route what is left as /admin.
+            rest = "/" + rest
         rest = rest or "/"
         if rest not in paths:
             paths.append(rest)

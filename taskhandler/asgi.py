@@ -147,11 +147,13 @@ class TaskMiddleware(MiddlewareBase):
         # Steps 1-4: who is asking, which headers go, the access rules, the task.
         decision: Decision
         if isinstance(outer, RequestState):  # an outer TaskMiddleware decided trust already
-            decision = decide_nested(view, settings, outer)
+            if settings.authenticator is None:
+                user = outer.user
+            decision = decide_nested(view, settings, outer, user)
         else:
             decision = decide(view, settings, user)
-            scope[STATE_KEY] = RequestState(settings, decision, user)
             remove_headers(scope, decision)
+        scope[STATE_KEY] = RequestState(settings, decision, user)  # for handlers further in
         if decision.refusal is not None:
             await respond(send, refusal_response(decision.refusal))
             return
@@ -173,6 +175,10 @@ class _Names(NamedTuple):
     odd: frozenset[bytes]
 
 
+# The cache holds at most 512 sets of names of at most this many bytes in all.
+_MAX_CACHED_NAMES = 4096
+
+
 @functools.lru_cache(maxsize=512)
 def _classify_names(names: frozenset[bytes]) -> _Names:
     """Sort a request's header names; a server sends the same names request after request."""
@@ -192,7 +198,7 @@ def _names(scope: Scope) -> _Names:
     if not isinstance(scope["headers"], list | tuple):  # ASGI promises an iterable only
         scope["headers"] = list(scope["headers"])
     names = frozenset(bytes(name) for name, _ in scope["headers"])
-    if len(names) > 256:  # not worth keeping: a request like no other
+    if sum(map(len, names)) > _MAX_CACHED_NAMES:  # a request like no other: not kept
         return _classify_names.__wrapped__(names)
     return _classify_names(names)
 
@@ -211,7 +217,11 @@ def request_view(scope: Scope, app: Any = None) -> RequestView:
     """
     names = _names(scope)
     path, path_error = _text_path(scope)
-    own_root = getattr(app, "root_path", "")
+    below = _app_path(scope)
+    if below and not below.startswith("/"):
+        # A root_path cut mid-segment (/xadmin -> admin): no rule would see the routed path.
+        path_error = "request path below the mount prefix does not start with '/'"
+    own_root = _own_root_path(app)
     prefixes = tuple(
         p for p in (scope.get("root_path") or "", own_root) if isinstance(p, str) and p
     )
@@ -239,6 +249,25 @@ def request_view(scope: Scope, app: Any = None) -> RequestView:
     )
 
 
+def _own_root_path(app: Any) -> str:
+    """A ``root_path`` the wrapped app strips by itself (``FastAPI(root_path=...)``).
+
+    Looked for down the chain of ``.app`` attributes that ASGI middleware keep, so another
+    middleware between this one and FastAPI does not hide it.
+    """
+    for _ in range(_MAX_UNWRAP):
+        if app is None:
+            return ""
+        root = getattr(app, "root_path", None)
+        if isinstance(root, str) and root:
+            return root
+        app = getattr(app, "app", None)
+    return ""
+
+
+_MAX_UNWRAP = 16
+
+
 def request_info(scope: Scope) -> RequestInfo:
     """The protocol-neutral view of an ASGI request (for authenticators)."""
     grouped: dict[str, list[str]] = {}
@@ -254,9 +283,17 @@ def request_info(scope: Scope) -> RequestInfo:
         path=path or "/",
         query_string=_text(scope.get("query_string", b"")),
         headers=headers,
-        cookies=dict(parse_cookie(headers.get("cookie", ""))),
+        cookies=_cookies(headers.get("cookie", "")),
         client=client[0] if client else None,
     )
+
+
+def _cookies(header: str) -> dict[str, str]:
+    """The request's cookies; a ``Cookie`` header that is not UTF-8 counts as none."""
+    try:
+        return dict(parse_cookie(header))
+    except UnicodeError:
+        return {}
 
 
 class _Headers(Mapping[str, str]):

@@ -47,9 +47,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Bounded cache of peer address -> parsed address; peers repeat a lot behind a proxy.
 _PARSE_CACHE_MAX = 1024
-# A stranger controls forwarding headers: only so much of them is ever read.
-_MAX_HOPS = 64
-_MAX_FORWARDED = 8192
 _FORWARDED_FOR = re.compile(r'(?i)(?:^|[;,\s])for=("[^"]*"|[^;,\s]*)')
 
 # Request headers (lower case, exact dash spelling) that proxies use to tell the client's
@@ -152,17 +149,21 @@ def forwarded_addresses(header: Callable[[str], str | None]) -> Iterator[IPAddre
     peer address from one of these (uvicorn and gunicorn's ``forwarded-allow-ips``,
     hypercorn's and granian's proxy modes, werkzeug ``ProxyFix``) leaves the header in the
     request, so a peer named here may have come from a header rather than the socket.
+
+    Every hop is read, however many (servers take the *last* ones), each with any port
+    removed as those servers remove it (``0.1.0.2:1``, ``[::ffff:0.1.0.2]:80``). The work
+    is linear in the headers' length, which the server bounds.
     """
     for name in ("x-forwarded-for", "x-real-ip"):
         value = header(name)
         if value:
-            for hop in value.split(",")[:_MAX_HOPS]:
-                address = parse_address(hop, hop=True)
+            for hop in value.split(","):
+                address = parse_address(_strip_port(hop.strip()), hop=True)
                 if address is not None:
                     yield address
     value = header("forwarded")
     if value:
-        for match in _FORWARDED_FOR.finditer(value[:_MAX_FORWARDED]):
+        for match in _FORWARDED_FOR.finditer(value):
             address = parse_address(_strip_port(match.group(1).strip('"')), hop=True)
             if address is not None:
                 yield address
@@ -413,7 +414,8 @@ class TrustPolicy:
                 last = proto.rsplit(",", 1)[-1].strip().lower()
                 if last in ("http", "https"):
                     return last
-            return scheme
+            # No usable word from the proxy: the server's https may come from another
+            # scheme header the client sent (gunicorn reads X-Forwarded-Ssl too).
         if scheme == "https" and scheme_from_header(header):
             return "http"
         return scheme

@@ -125,11 +125,13 @@ class TaskMiddleware(MiddlewareBase):
         # Steps 1-4: who is asking, which headers go, the access rules, the task.
         decision: Decision
         if isinstance(outer, RequestState):  # an outer TaskMiddleware decided trust already
-            decision = decide_nested(view, settings, outer)
+            if settings.authenticator is None:
+                user = outer.user
+            decision = decide_nested(view, settings, outer, user)
         else:
             decision = decide(view, settings, user)
-            environ[STATE_KEY] = RequestState(settings, decision, user)
             remove_headers(environ, decision)
+        environ[STATE_KEY] = RequestState(settings, decision, user)  # for handlers further in
         if decision.refusal is not None:
             return respond(start_response, refusal_response(decision.refusal))
 
@@ -155,6 +157,10 @@ _FORWARDING_KEYS = frozenset(
 )
 
 
+# The cache holds at most 512 sets of names of at most this many characters in all.
+_MAX_CACHED_NAMES = 4096
+
+
 @functools.lru_cache(maxsize=512)
 def _classify_keys(keys: tuple[str, ...]) -> _Keys:
     """Sort an environ's keys; a server sends the same names request after request."""
@@ -173,7 +179,7 @@ def _classify_keys(keys: tuple[str, ...]) -> _Keys:
 
 def _keys(environ: WSGIEnvironment) -> _Keys:
     keys = tuple(environ)
-    if len(keys) > 256:  # not worth keeping: an environ like no other
+    if sum(map(len, keys)) > _MAX_CACHED_NAMES:  # an environ like no other: not kept
         return _classify_keys.__wrapped__(keys)
     return _classify_keys(keys)
 
@@ -188,7 +194,12 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
     """The request as the steps of the request path see it."""
     keys = _keys(environ)
     script_name = environ.get("SCRIPT_NAME", "")
-    path, path_error = _text_path(script_name + environ.get("PATH_INFO", ""))
+    path_info = environ.get("PATH_INFO", "")
+    path, path_error = _text_path(script_name + path_info)
+    if path_info and not path_info.startswith("/"):
+        # gunicorn cuts a SCRIPT_NAME header's prefix mid-segment (/xadmin -> admin), and
+        # frameworks route "admin/panel" as "/admin/panel": no rule would see that path.
+        path_error = "request path below the mount prefix does not start with '/'"
     prefix, _ = _text_path(script_name)
     return RequestView(
         peer=environ.get("REMOTE_ADDR"),
@@ -228,9 +239,17 @@ def request_info(environ: WSGIEnvironment) -> RequestInfo:
         path=path or "/",
         query_string=environ.get("QUERY_STRING", ""),
         headers=headers,
-        cookies=dict(parse_cookie(environ.get("HTTP_COOKIE", ""))),
+        cookies=_cookies(environ.get("HTTP_COOKIE", "")),
         client=environ.get("REMOTE_ADDR"),
     )
+
+
+def _cookies(header: str) -> dict[str, str]:
+    """The request's cookies; a ``Cookie`` header that is not UTF-8 counts as none."""
+    try:
+        return dict(parse_cookie(header))
+    except UnicodeError:
+        return {}
 
 
 class _Headers(Mapping[str, str]):

@@ -51,6 +51,20 @@ def _is_stranger(result: object) -> None:
         pytest.param(
             [("Forwarded", f"for=198.51.100.7, for={QUEUE}")], id="Forwarded second element"
         ),
+        pytest.param([("X-Forwarded-For", f"{QUEUE}:1")], id="hop with a port"),
+        pytest.param([("X-Forwarded-For", f"[::ffff:{QUEUE}]:80")], id="v6 hop with a port"),
+        pytest.param([("X-Real-IP", f"{QUEUE}:8080")], id="X-Real-IP with a port"),
+        pytest.param(
+            [("X-Forwarded-For", ", ".join(["10.0.0.1"] * 70 + [QUEUE]))], id="after 70 hops"
+        ),
+        pytest.param(
+            [("X-Forwarded-For", ", ".join(["10.0.0.1"] * 70)), ("X-Forwarded-For", QUEUE)],
+            id="second line after 70 hops",
+        ),
+        pytest.param(
+            [("Forwarded", ", ".join(["for=10.0.0.1"] * 700 + [f"for={QUEUE}"]))],
+            id="Forwarded past 8 KiB",
+        ),
     ],
 )
 def test_a_peer_a_server_took_from_a_header_is_not_the_queue(
@@ -133,6 +147,34 @@ def test_an_https_scheme_a_client_may_have_claimed_does_not_satisfy_secure_alway
     assert result.headers["location"] == "https://localhost/secure/page"
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param([("X-Forwarded-Ssl", "on")], id="X-Forwarded-Ssl"),
+        pytest.param([("X-Forwarded-Protocol", "ssl")], id="X-Forwarded-Protocol"),
+        pytest.param([("X-Forwarded-Proto", "spdy"), ("X-Forwarded-Ssl", "on")], id="odd proto"),
+    ],
+)
+def test_a_trusted_proxy_without_a_proto_word_does_not_vouch_for_https(
+    adapter: Adapter, extra: list[tuple[str, str]]
+) -> None:
+    """Behind a trusted proxy that says nothing usable, gunicorn's https from a client's
+    X-Forwarded-Ssl is still a claim: plain HTTP, redirected."""
+    trust = TrustPolicy(trusted_proxies=["10.0.0.1"], proxy_drops_underscore_headers=True)
+    req = Request(path="/secure/page", scheme="https", headers=extra, peer="10.0.0.1")
+    result = adapter.run(req, config=RULES, trust=trust)
+    assert result.seen is None
+    assert result.status == 302
+
+
+def test_a_cookie_that_is_not_utf8_is_no_cookie(adapter: Adapter) -> None:
+    """A ``Cookie`` header with bytes that are not UTF-8 is answered, not a 500."""
+    req = Request(headers=[("Cookie", "a=\xe9")], path="/tasks/x")
+    result = adapter.run(req, config=RULES, authenticator=SignedCookieAuth(KEY))
+    assert result.seen is None
+    assert result.status == 302
+
+
 def test_https_from_the_socket_satisfies_secure_always(adapter: Adapter) -> None:
     """Positive control: HTTPS with no scheme header passes."""
     result = adapter.run(Request(path="/secure/page", scheme="https"), config=RULES)
@@ -176,6 +218,7 @@ def test_a_trusted_proxy_tells_the_scheme(
             "", "/a/b/tasks/x", [("X-Forwarded-Prefix", "/x, /a/b")], id="second of two prefixes"
         ),
         pytest.param("/prefix", "/prefix/tasks", [("X-Forwarded-Prefix", "/")], id="slash only"),
+        pytest.param("", "/xtasks/run", [("Script-Name", "/x")], id="prefix cut inside a segment"),
     ],
 )
 def test_a_mount_prefix_never_hides_a_protected_url(
@@ -194,11 +237,11 @@ def test_a_mount_prefix_never_hides_a_protected_url(
 @pytest.mark.parametrize(
     ("path", "extra"),
     [
-        pytest.param("/prefixtasks/x", [("X-Forwarded-Prefix", "/prefix")], id="not a segment"),
         pytest.param(
             "/public/x", [("X-Forwarded-Prefix", "/public")], id="prefix of a public path"
         ),
         pytest.param("/public/x", [("X-Forwarded-Prefix", "relative")], id="relative prefix"),
+        pytest.param("/publictasks", [("X-Forwarded-Prefix", "/public")], id="no rule below"),
     ],
 )
 def test_a_prefix_that_hides_nothing_changes_nothing(

@@ -30,6 +30,8 @@ HEADER_PREFIXES = [
     ("X-Forwarded-Prefix-prefixed", (b"X-Forwarded-Prefix: /prefix\r\n", "/prefix/admin/panel")),
     ("X-Forwarded-Prefix-secure", (b"X-Forwarded-Prefix: /prefix\r\n", "/secure/page")),
     ("X_Forwarded_Prefix", (b"X_Forwarded_Prefix: /prefix\r\n", "/admin/panel")),
+    ("SCRIPT_NAME-mid-segment", (b"SCRIPT_NAME: /x\r\n", "/xadmin/panel")),
+    ("SCRIPT_NAME-mid-segment-tasks", (b"SCRIPT_NAME: /x\r\n", "/xtasks/run")),
 ]
 FASTAPI_PATHS = [
     ("root_path-admin", (b"", "/api/admin/panel")),

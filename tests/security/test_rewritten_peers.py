@@ -38,6 +38,14 @@ PEERS = [
     ("X-Forwarded-For-mapped", b"X-Forwarded-For: ::ffff:0.1.0.2\r\n"),
     ("Forwarded", b"Forwarded: for=0.1.0.2;proto=https\r\n"),
     ("X-Real-IP", b"X-Real-IP: 0.1.0.2\r\n"),
+    ("X-Forwarded-For-port", b"X-Forwarded-For: 0.1.0.2:1\r\n"),
+    ("X-Forwarded-For-v6-port", b"X-Forwarded-For: [::ffff:0.1.0.2]:80\r\n"),
+    ("X-Forwarded-For-65-hops", b"X-Forwarded-For: " + b"10.0.0.1, " * 65 + b"0.1.0.2\r\n"),
+    (
+        "X-Forwarded-For-padding-line",
+        b"X-Forwarded-For: " + b", ".join([b"10.0.0.1"] * 65) + b"\r\nX-Forwarded-For: 0.1.0.2\r\n",
+    ),
+    ("Forwarded-past-8KiB", b"Forwarded: " + b"for=10.0.0.1, " * 700 + b"for=0.1.0.2\r\n"),
 ]
 SCHEMES = [
     ("X-Forwarded-Proto", b"X-Forwarded-Proto: https\r\n"),
