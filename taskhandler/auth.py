@@ -176,6 +176,9 @@ class SignedCookieAuth:
         cookie_name: the cookie's name.
         salt: the signing salt, so these signatures are worth nothing elsewhere.
         login_url: where the middleware sends users who must sign in.
+        sign_in_page: serve the development sign-in form at ``/_ah/login`` (default). Pass
+            ``False`` where strangers can reach the app: the app's own sign-in then sets the
+            cookie (:meth:`set_cookie_header`) and ``login_url`` points to it.
         clock: seconds since the epoch (default ``time.time``), replaceable in tests.
 
     Example::
@@ -196,6 +199,7 @@ class SignedCookieAuth:
         cookie_name: str = "taskhandler_signin",
         salt: str = DEFAULT_SALT,
         login_url: str = LOGIN_PATH,
+        sign_in_page: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         keys_in: Iterable[object]
@@ -220,6 +224,7 @@ class SignedCookieAuth:
         self.salt = salt
         self.login_url = login_url
         self.logout_url = LOGOUT_PATH
+        self.sign_in_page = bool(sign_in_page)
         self._clock = clock
 
         class _Signer(TimestampSigner):
@@ -300,7 +305,7 @@ class SignedCookieAuth:
 
     def serve(self, request: RequestInfo, body: bytes) -> Page | None:
         """Answer ``/_ah/login`` and ``/_ah/logout``; ``None`` for any other path."""
-        if request.path == LOGIN_PATH:
+        if request.path == LOGIN_PATH and self.sign_in_page:
             if request.method in ("GET", "HEAD"):
                 return self._login_form(request, head=request.method == "HEAD")
             if request.method == "POST":

@@ -720,3 +720,16 @@ def test_sign_in_flow_through_the_middleware() -> None:
     assert signed_out.status_code == 302
     assert signed_out.headers["Location"] == "/tasks/x"
     assert client.get("/tasks/x").status_code == 302
+
+
+def test_the_sign_in_page_can_be_turned_off() -> None:
+    """``sign_in_page=False``: ``/_ah/login`` is the app's own URL; sign-out is still served."""
+    from taskhandler.trust import RequestInfo as Info
+
+    auth = SignedCookieAuth("s" * 40, sign_in_page=False, login_url="/account/login")
+    login = Info("GET", "http", "localhost", "/_ah/login", "")
+    logout = Info("GET", "http", "localhost", "/_ah/logout", "")
+    assert auth.serve(login, b"") is None
+    page = auth.serve(logout, b"")
+    assert page is not None and page.status == 200
+    assert SignedCookieAuth("s" * 40).serve(login, b"") is not None
