@@ -118,7 +118,8 @@ class DispatchLoop:
 
     def wake(self) -> None:
         """Tell the pump to look again (a task was added or made due)."""
-        self._wake.set()
+        if not self._wake.is_set():  # the common case while the pump is busy: no lock taken
+            self._wake.set()
 
     # -- delivering --------------------------------------------------------------------------
 

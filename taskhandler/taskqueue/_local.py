@@ -253,12 +253,21 @@ class LocalTaskQueue:
         With ``atomic=True`` all are stored or none, and the first error is raised.
         """
         now = self.now()
+        if len(tasks) == 1 and tasks[0].queue_name in self._queues:
+            task = tasks[0]
+            name = task.task_name or self._new_name()
+            config = self._queues[task.queue_name]
+            if config.mode == "push" and self._store.insert_new(
+                task, name=name, target=config.target or task.target, now=now
+            ):
+                self._loop.wake()
+                return [name]
         results: list[str | Error] = []
         with self._store.transaction(f"storing {len(tasks)} task(s)") as tx:
             for task in tasks:
                 try:
                     self.check_queue(task.queue_name)
-                    name = task.task_name or f"{self._name_prefix}{next(self._name_numbers):016x}"
+                    name = task.task_name or self._new_name()
                     target = self._queues[task.queue_name].target or task.target
                     tx.insert(task, name=name, target=target, now=now)
                 except Error as exc:
@@ -269,6 +278,9 @@ class LocalTaskQueue:
                     results.append(name)
         self._loop.wake()
         return results
+
+    def _new_name(self) -> str:
+        return f"{self._name_prefix}{next(self._name_numbers):016x}"
 
     def delete(self, queue_name: str, task_name: str) -> bool:
         """Delete a pending or running task (a named one leaves a tombstone); True if found."""

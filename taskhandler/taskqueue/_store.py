@@ -215,6 +215,22 @@ class StoredTask:
         )
 
 
+def _insert_row(task: NewTask, name: str, target: str | None, now: float) -> tuple[Any, ...]:
+    return (
+        task.queue_name,
+        name,
+        1 if task.task_name else 0,
+        task.method,
+        task.url,
+        _dump_headers(task.headers),
+        task.payload,
+        target,
+        None if task.retry is None else _dump_retry(task.retry),
+        task.eta,
+        now,
+    )
+
+
 def _sqlite_code(exc: sqlite3.Error) -> int | None:
     """The primary SQLite result code of ``exc``, or None when it has none (a misuse)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -267,19 +283,7 @@ class Transaction:
             TaskAlreadyExistsError: a pending or leased task has the name.
             TombstonedTaskError: a task of that name finished less than the tombstone time ago.
         """
-        row = (
-            task.queue_name,
-            name,
-            1 if task.task_name else 0,
-            task.method,
-            task.url,
-            _dump_headers(task.headers),
-            task.payload,
-            target,
-            None if task.retry is None else _dump_retry(task.retry),
-            task.eta,
-            now,
-        )
+        row = _insert_row(task, name, target, now)
         conn = self._conn
         if conn.execute(_INSERT, row).rowcount == 1:
             return
@@ -635,6 +639,24 @@ class TaskStore:
                 yield Transaction(self.connection, self._tombstone_seconds)
             except sqlite3.Error as exc:
                 raise self.error(exc, doing) from exc
+
+    def insert_new(self, task: NewTask, *, name: str, target: str | None, now: float) -> bool:
+        """Store one task whose name is free, as a single statement; False if the name is taken.
+
+        The fast path of a one-task ``add()``: one autocommit ``INSERT`` instead of
+        ``BEGIN``/``INSERT``/``COMMIT`` (a single statement is a transaction of its own). When
+        the name is taken nothing is written, and :meth:`Transaction.insert` tells why.
+        """
+        doing = "storing 1 task(s)"
+        with self.lock:
+            if self._closed:
+                raise Error("the queue is closed")
+            self._check_file(doing)
+            try:
+                inserted = self.connection.execute(_INSERT, _insert_row(task, name, target, now))
+            except sqlite3.Error as exc:
+                raise self.error(exc, doing) from exc
+            return inserted.rowcount == 1
 
     def _check_file(self, doing: str) -> None:
         """InternalError if the database file was deleted or replaced since it was opened.
