@@ -5,8 +5,14 @@ loops: it records the outcomes of finished deliveries and leases the next due ta
 transaction, hands the leased tasks to ``workers`` delivery threads, and sleeps until a delivery
 ends, an ``add()`` in this process wakes it, the next ETA comes, or ``poll_interval`` passes
 (tasks added by other processes are seen then). What may be leased is the
-:class:`~taskhandler.taskqueue._scheduler.Scheduler`'s call; up to twice ``workers`` tasks are
-leased at once, so a worker finds its next task waiting while the pump records the last one.
+:class:`~taskhandler.taskqueue._scheduler.Scheduler`'s call (ETA, rate, concurrency limits).
+
+Prefetch. Up to the scheduler's ``slots`` tasks are leased at once (``LocalTaskQueue`` makes
+that ``workers + 16``), so a worker finds its next task waiting while the pump records the last
+ones, and one transaction records and leases a batch. A queue's ``max_concurrent_requests``
+still bounds its leased tasks. A lease lasts ``dispatch_timeout`` for each delivery that may
+come before the task's own on its worker, plus a minute; a process that dies is seen at once
+by the next queue opened on its host (by its pid), only another host waits for the lease.
 
 Delivery goes through the transports of ``_dispatch`` (WSGI or ASGI in-process, HTTP to a base
 URL), with the headers of :meth:`TaskContext.to_headers`.

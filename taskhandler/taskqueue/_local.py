@@ -40,6 +40,7 @@ __all__ = ["TOMBSTONE_SECONDS", "LocalTaskQueue", "QueuedTask"]
 logger = logging.getLogger("taskhandler.taskqueue")
 
 TOMBSTONE_SECONDS = 9 * 24 * 3600.0
+PREFETCH = 16  # tasks leased beyond one per worker: recorded and leased in batches
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ class LocalTaskQueue:
             raise ConfigError(f"cannot open the queue database: {exc}", path=self._db_path) from exc
         self._loop = DispatchLoop(
             store=self._store,
-            scheduler=Scheduler(self._queues, slots=2 * workers),
+            scheduler=Scheduler(self._queues, slots=workers + PREFETCH),
             clock=self._clock,
             transport=self._transport,
             transports=self._transports,
