@@ -32,7 +32,7 @@ and ``gcloud-tasks-emulator`` (the ``cloudtasks`` extra plus the emulator packag
 task. A plain keep-alive HTTP client posting the same requests to the app is the baseline. The
 run is repeated with ``bench/e2e_app.py``, which counts in memory.
 
-Figures (2 CPUs, Linux, Python 3.11, SQLite in a tmpfs-less temp dir, huey 3.5.4; the machine
+Figures (2 CPUs, Linux, Python 3.11, SQLite files in a temp dir on ext4, huey 3.5.4; the machine
 shared with other jobs, hence the spreads; ``python bench/local_queue.py``, 7 rounds)::
 
     metric                            LocalTaskQueue   SqliteHuey   ratio     spread  target
