@@ -10,13 +10,14 @@ Pure: standard library and pydantic only.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import access
-from ._request import RequestView, SentHeader
+from ._request import RequestView
 from ._response import Response, plain_response
 from .access import Refusal
 from .config import AccessRule, AppConfig
@@ -142,24 +143,20 @@ class Decision:
 
     Attributes:
         trusted_by: who the request was trusted as (step 1), or ``None``.
-        remove: the headers to remove before the app sees the request (step 2).
+        strip: remove every task header before the app sees the request (step 2). (The
+            ``_`` spellings of forwarding headers go from every request, whatever this says.)
         refusal: the answer instead of the app (steps 3 and 4), or ``None``.
         context: the task the request describes (step 4), or ``None``.
     """
 
     trusted_by: TrustedBy | None
-    remove: tuple[SentHeader, ...]
+    strip: bool
     refusal: Refusal | None
     context: TaskContext | None
 
-    @property
-    def removed_names(self) -> tuple[str, ...]:
-        """The names of the removed headers, each once (``taskhandler.stripped``)."""
-        return tuple(dict.fromkeys(header.name for header in self.remove))
-
 
 # The decision for a request with nothing to decide (no task header, no rule, no page).
-NOTHING_DECIDED = Decision(None, (), None, None)
+NOTHING_DECIDED = Decision(None, False, None, None)
 
 
 def decide(view: RequestView, settings: Settings, user: Callable[[], User | None]) -> Decision:
@@ -172,21 +169,20 @@ def decide(view: RequestView, settings: Settings, user: Callable[[], User | None
     """
     # 1. Who is asking?
     trusted_by = who_is_asking(view, settings, user)
-    # 2. Which headers go: task headers unless trusted; "_" forwarding spellings always.
-    remove = headers_to_remove(view, trusted_by)
+    # 2. Which headers go: the task headers of a request that is not trusted.
+    strip = strips_task_headers(view, trusted_by)
     # 3. May this request reach this URL?
-    is_task = trusted_by is not None and describes_a_task(h.name for h in view.task_headers)
+    is_task = trusted_by is not None and describes_a_task(name for name, _ in view.task_headers)
     refusal = access_refusal(view, settings, is_task=is_task, user=user)
     # 4. The task it describes.
     context = None
     if is_task and refusal is None:
         assert trusted_by is not None
         try:
-            pairs = [(header.name, header.value) for header in view.task_headers]
-            context = TaskContext.from_headers(pairs, trusted_by=trusted_by)
+            context = TaskContext.from_headers(view.task_headers, trusted_by=trusted_by)
         except InvalidTaskHeaders as exc:
             refusal = Refusal(400, str(exc))
-    return Decision(trusted_by, remove, refusal, context)
+    return Decision(trusted_by, strip, refusal, context)
 
 
 def decide_nested(
@@ -198,7 +194,7 @@ def decide_nested(
     rules still apply, with ``user`` as this layer's authenticator sees the request.
     """
     refusal = access_refusal(view, settings, is_task=outer.context is not None, user=user)
-    return Decision(outer.trusted_by, (), refusal, outer.context)
+    return Decision(outer.trusted_by, False, refusal, outer.context)
 
 
 def who_is_asking(
@@ -221,11 +217,9 @@ def who_is_asking(
     return trusted_by
 
 
-def headers_to_remove(view: RequestView, trusted_by: TrustedBy | None) -> tuple[SentHeader, ...]:
-    """Step 2: the headers the app must not see."""
-    if trusted_by is None:
-        return view.odd_headers + view.task_headers
-    return view.odd_headers
+def strips_task_headers(view: RequestView, trusted_by: TrustedBy | None) -> bool:
+    """Step 2: whether the app must not see the request's task headers."""
+    return trusted_by is None and bool(view.task_headers)
 
 
 def access_refusal(
@@ -258,9 +252,17 @@ class RequestState:
     Stored under ``environ["taskhandler.state"]`` / ``scope["taskhandler.state"]``.
     """
 
-    __slots__ = ("decision", "settings", "user")
+    __slots__ = ("decision", "settings", "stripped", "user")
 
-    def __init__(self, settings: Settings, decision: Decision, user: LazyUser) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        decision: Decision,
+        user: LazyUser,
+        stripped: tuple[str, ...] = (),
+    ) -> None:
+        self.stripped = stripped
+        """The names of the headers removed from the request."""
         self.settings = settings
         self.decision = decision
         self.user = user
@@ -274,11 +276,6 @@ class RequestState:
     def context(self) -> TaskContext | None:
         """The task the request describes, or ``None``."""
         return self.decision.context
-
-    @property
-    def stripped(self) -> tuple[str, ...]:
-        """The names of the headers removed from the request."""
-        return self.decision.removed_names
 
     def is_admin(self) -> bool:
         """True when the request is from a signed-in administrator."""
@@ -309,6 +306,17 @@ class MiddlewareBase:
         self.app = app
         self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
 
+    def undecided(self, info: Callable[[], RequestInfo]) -> RequestState:
+        """The state of a request with nothing to decide, for handlers further in.
+
+        Without an authenticator there is no user to ask, so one state serves them all.
+        """
+        if self.settings.authenticator is None:
+            return _undecided_state(self.settings)
+        return RequestState(
+            self.settings, NOTHING_DECIDED, LazyUser(self.settings.authenticator, info)
+        )
+
     @classmethod
     def with_settings(cls, app: Any, settings: Settings) -> Any:
         """A middleware around ``app`` with settings validated already (no warning again)."""
@@ -316,6 +324,14 @@ class MiddlewareBase:
         middleware.app = app
         middleware.settings = settings
         return middleware
+
+
+@functools.lru_cache(maxsize=64)
+def _undecided_state(settings: Settings) -> RequestState:
+    """One state for every request with nothing to decide and nobody to ask about."""
+    return RequestState(
+        settings, NOTHING_DECIDED, LazyUser(None, lambda: RequestInfo("", "", "", "", ""))
+    )
 
 
 def refusal_response(refusal: Refusal) -> Response:

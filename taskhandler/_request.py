@@ -9,29 +9,12 @@ Pure: standard library only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["RequestView", "SentHeader"]
+__all__ = ["RequestView"]
 
 
-class SentHeader(NamedTuple):
-    """A header as the request carried it.
-
-    Attributes:
-        key: how the protocol holds it (the WSGI environ key, or the ASGI name as sent):
-            what an adapter removes.
-        name: lower case with ``_`` spelled ``-``: how it is parsed and reported.
-        value: its value.
-    """
-
-    key: str
-    name: str
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """A request as the steps of the request path see it.
 
     Attributes:
@@ -47,9 +30,8 @@ class RequestView:
         query_string: the raw query string.
         headers: the other headers by lower-case, dash-spelled name (copies joined with
             ``,``); only the exact dash spelling of a name is ever found here.
-        task_headers: every ``X-AppEngine-*`` / ``X-CloudTasks-*`` header in any spelling.
-        odd_headers: ``_`` spellings of forwarding headers (``X_Forwarded_For``): never
-            read, always removed.
+        task_headers: ``(name, value)`` of every ``X-AppEngine-*`` / ``X-CloudTasks-*``
+            header in any spelling and copy, the name lower case with ``_`` spelled ``-``.
         folded: the server may have folded ``_`` spellings of header names into the dash
             spelling before the middleware saw the request (so ``headers`` cannot tell a
             client's ``X_Forwarded_For`` from a proxy's ``X-Forwarded-For``).
@@ -64,6 +46,5 @@ class RequestView:
     prefixes: tuple[str, ...]
     query_string: str
     headers: Mapping[str, str]
-    task_headers: tuple[SentHeader, ...]
-    odd_headers: tuple[SentHeader, ...]
+    task_headers: tuple[tuple[str, str], ...]
     folded: bool = False

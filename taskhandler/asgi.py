@@ -34,7 +34,6 @@ from werkzeug.http import parse_cookie
 from ._async_deadline import AsyncArmed, arm_async
 from ._decision import (
     AUTH_PAGE_PREFIX,
-    NOTHING_DECIDED,
     Decision,
     LazyUser,
     MiddlewareBase,
@@ -44,7 +43,7 @@ from ._decision import (
     decide_nested,
     refusal_response,
 )
-from ._request import RequestView, SentHeader
+from ._request import RequestView
 from ._response import OUTCOME_HEADER, Response, plain_response
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from ._watchdog import arm
@@ -127,15 +126,16 @@ class TaskMiddleware(MiddlewareBase):
             return
         settings = self.settings
         outer = scope.get(STATE_KEY)
-        user = LazyUser(settings.authenticator, functools.partial(request_info, scope))
-        if not settings.decides_plain_requests and (outer is not None or not _marked(scope)):
+        names = _names(scope)
+        if not settings.decides_plain_requests and (outer is not None or not names.marked):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
-                scope[STATE_KEY] = RequestState(settings, NOTHING_DECIDED, user)
+                scope[STATE_KEY] = self.undecided(functools.partial(request_info, scope))
             await self.app(scope, receive, send)
             return
 
-        view = request_view(scope, self.app)
+        user = LazyUser(settings.authenticator, functools.partial(request_info, scope))
+        view = request_view(scope, self.app, names)
 
         # The authenticator's own pages (sign-in, sign-out) answer before anything else.
         if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
@@ -150,10 +150,11 @@ class TaskMiddleware(MiddlewareBase):
             if settings.authenticator is None:
                 user = outer.user
             decision = decide_nested(view, settings, outer, user)
+            stripped = outer.stripped
         else:
             decision = decide(view, settings, user)
-            remove_headers(scope, decision)
-        scope[STATE_KEY] = RequestState(settings, decision, user)  # for handlers further in
+            stripped = remove_headers(scope, names, decision.strip)
+        scope[STATE_KEY] = RequestState(settings, decision, user, stripped)
         if decision.refusal is not None:
             await respond(send, refusal_response(decision.refusal))
             return
@@ -173,6 +174,11 @@ class _Names(NamedTuple):
 
     task: frozenset[bytes]
     odd: frozenset[bytes]
+
+    @property
+    def marked(self) -> bool:
+        """Whether the request has a header of either kind."""
+        return bool(self.task or self.odd)
 
 
 # The cache holds at most 512 sets of names of at most this many bytes in all.
@@ -203,19 +209,14 @@ def _names(scope: Scope) -> _Names:
     return _classify_names(names)
 
 
-def _marked(scope: Scope) -> bool:
-    """True when the request has a task header or an odd forwarding header spelling."""
-    names = _names(scope)
-    return bool(names.task or names.odd)
-
-
-def request_view(scope: Scope, app: Any = None) -> RequestView:
+def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> RequestView:
     """The request as the steps of the request path see it.
 
     ``app`` is the wrapped app: a ``root_path`` of its own (``FastAPI(root_path=...)``)
     is a mount prefix it strips before routing.
     """
-    names = _names(scope)
+    if names is None:
+        names = _names(scope)
     path, path_error = _text_path(scope)
     below = _app_path(scope)
     if below and not below.startswith("/"):
@@ -237,14 +238,7 @@ def request_view(scope: Scope, app: Any = None) -> RequestView:
         query_string=_text(scope.get("query_string", b"")),
         headers=_Headers(headers),
         task_headers=tuple(
-            SentHeader(_text(n), _text(n).lower().replace("_", "-"), _text(v))
-            for n, v in headers
-            if bytes(n) in names.task
-        ),
-        odd_headers=tuple(
-            SentHeader(_text(n), _text(n).lower().replace("_", "-"), _text(v))
-            for n, v in headers
-            if bytes(n) in names.odd
+            (_header_name(n), _text(v)) for n, v in headers if bytes(n) in names.task
         ),
     )
 
@@ -319,6 +313,9 @@ class _Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._group()[name]
 
+    def get(self, name: str, default: Any = None) -> Any:  # without raising KeyError
+        return self._group().get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._group())
 
@@ -383,13 +380,25 @@ def _text(value: bytes) -> str:
 # -- decision -> scope and response -------------------------------------------------------
 
 
-def remove_headers(scope: Scope, decision: Decision) -> None:
-    """Step 2 applied: the removed headers are gone, their names kept for the app to see."""
-    if not decision.remove:
-        return
-    keys = {header.key for header in decision.remove}
-    scope["headers"] = [(n, v) for n, v in scope["headers"] if _text(n) not in keys]
-    scope[STRIPPED_KEY] = list(decision.removed_names)
+def remove_headers(scope: Scope, names: _Names, strip: bool) -> tuple[str, ...]:
+    """Step 2 applied: odd forwarding spellings go always, task headers when ``strip``.
+
+    The scope gets a new header list (the caller's is left as it was). Returns the removed
+    names, also kept under ``scope["taskhandler.stripped"]``.
+    """
+    removed = names.odd | names.task if strip else names.odd
+    if not removed:
+        return ()
+    headers = scope["headers"]
+    scope["headers"] = [(n, v) for n, v in headers if bytes(n) not in removed]
+    stripped = tuple(dict.fromkeys(_header_name(n) for n, _ in headers if bytes(n) in removed))
+    scope[STRIPPED_KEY] = list(stripped)
+    return stripped
+
+
+def _header_name(name: bytes) -> str:
+    """``b"X_AppEngine_QueueName"`` -> ``"x-appengine-queuename"``."""
+    return _text(name).lower().replace("_", "-")
 
 
 async def respond(send: Send, response: Response) -> None:

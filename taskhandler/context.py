@@ -88,10 +88,7 @@ class TaskContext(BaseModel):
             InvalidTaskHeaders: a ``ValueError`` naming the header and the bad value.
         """
         pairs = headers.items() if isinstance(headers, Mapping) else headers
-        fields = parse_task_fields(collect(pairs))
-        # The header grammar is stricter than the model's, so there is nothing left for
-        # pydantic to check: construct without validating again.
-        return cls.model_construct(**fields, trusted_by=trusted_by)
+        return cls(**parse_task_fields(collect(pairs)), trusted_by=trusted_by)
 
     def to_headers(self, *, cloud_tasks: bool = False) -> dict[str, str]:
         """The headers a queue sends for this task (``X-CloudTasks-*`` for HTTP targets)."""

@@ -62,6 +62,8 @@ FORWARDING_HEADERS = frozenset(
         "x-forwarded-prefix",
     )
 )
+# The headers servers take a peer address from (see forwarded_addresses).
+_PEER_HEADERS = ("x-forwarded-for", "x-real-ip", "forwarded")
 SCHEME_HEADERS = (
     "x-forwarded-proto",
     "x-forwarded-protocol",
@@ -117,6 +119,7 @@ class Authenticator(Protocol):
     def __call__(self, request: RequestInfo, /) -> User | None: ...
 
 
+@functools.lru_cache(maxsize=_PARSE_CACHE_MAX)
 def parse_address(text: str, *, hop: bool = False) -> IPAddress | None:
     """Parse an IP address as a server reports a peer, or as a forwarding header names a hop.
 
@@ -125,7 +128,8 @@ def parse_address(text: str, *, hop: bool = False) -> IPAddress | None:
     it and a string that only looks like an address did not come from a socket. A hop
     (``hop=True``) may have spaces around it and ``[v6]`` brackets, as proxies write them.
     ``::ffff:a.b.c.d`` becomes ``a.b.c.d`` so that an IPv4 rule matches a dual-stack peer.
-    Nothing else is guessed: a port, a name or a zone id is not an address.
+    Nothing else is guessed: a port, a name or a zone id is not an address. Answers are
+    kept in a bounded cache: the same peers (the queue, a proxy) come again and again.
     """
     if hop:
         text = text.strip()
@@ -154,7 +158,7 @@ def forwarded_addresses(header: Callable[[str], str | None]) -> Iterator[IPAddre
     removed as those servers remove it (``0.1.0.2:1``, ``[::ffff:0.1.0.2]:80``). The work
     is linear in the headers' length, which the server bounds.
     """
-    for name in ("x-forwarded-for", "x-real-ip"):
+    for name in _PEER_HEADERS[:2]:
         value = header(name)
         if value:
             for hop in value.split(","):
@@ -368,6 +372,8 @@ class TrustPolicy:
         """
         if peer is None:
             return False
+        if all(header(name) is None for name in _PEER_HEADERS):
+            return False  # the usual case: nothing a server could have taken the peer from
         address = parse_address(peer)
         if address is None or self.trusted_proxies.holds(address):
             return False

@@ -23,7 +23,6 @@ from werkzeug.http import parse_cookie
 
 from ._decision import (
     AUTH_PAGE_PREFIX,
-    NOTHING_DECIDED,
     Decision,
     LazyUser,
     MiddlewareBase,
@@ -33,7 +32,7 @@ from ._decision import (
     decide_nested,
     refusal_response,
 )
-from ._request import RequestView, SentHeader
+from ._request import RequestView
 from ._response import Response, plain_response, status_line
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._watchdog import arm
@@ -107,14 +106,15 @@ class TaskMiddleware(MiddlewareBase):
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         settings = self.settings
         outer = environ.get(STATE_KEY)
-        user = LazyUser(settings.authenticator, functools.partial(request_info, environ))
-        if not settings.decides_plain_requests and (outer is not None or not _marked(environ)):
+        keys = _keys(environ)
+        if not settings.decides_plain_requests and (outer is not None or not keys.marked):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
-                environ[STATE_KEY] = RequestState(settings, NOTHING_DECIDED, user)
+                environ[STATE_KEY] = self.undecided(functools.partial(request_info, environ))
             return self.app(environ, start_response)
 
-        view = request_view(environ)
+        user = LazyUser(settings.authenticator, functools.partial(request_info, environ))
+        view = request_view(environ, keys)
 
         # The authenticator's own pages (sign-in, sign-out) answer before anything else.
         if settings.serves_pages and environ.get("PATH_INFO", "").startswith(AUTH_PAGE_PREFIX):
@@ -128,10 +128,11 @@ class TaskMiddleware(MiddlewareBase):
             if settings.authenticator is None:
                 user = outer.user
             decision = decide_nested(view, settings, outer, user)
+            stripped = outer.stripped
         else:
             decision = decide(view, settings, user)
-            remove_headers(environ, decision)
-        environ[STATE_KEY] = RequestState(settings, decision, user)  # for handlers further in
+            stripped = remove_headers(environ, keys, decision.strip)
+        environ[STATE_KEY] = RequestState(settings, decision, user, stripped)
         if decision.refusal is not None:
             return respond(start_response, refusal_response(decision.refusal))
 
@@ -147,8 +148,15 @@ class TaskMiddleware(MiddlewareBase):
 class _Keys(NamedTuple):
     """The environ keys of note: task headers in any spelling, odd forwarding spellings."""
 
-    task: tuple[str, ...]
-    odd: tuple[str, ...]
+    task: tuple[tuple[str, str], ...]
+    """``(environ key, header name)`` of every task header."""
+    odd: tuple[tuple[str, str], ...]
+    """``(environ key, header name)`` of every odd forwarding header spelling."""
+
+    @property
+    def marked(self) -> bool:
+        """Whether the request has a header of either kind."""
+        return bool(self.task or self.odd)
 
 
 # Forwarding header keys as PEP 3333 servers make them (the only ones ever read).
@@ -164,16 +172,17 @@ _MAX_CACHED_NAMES = 4096
 @functools.lru_cache(maxsize=512)
 def _classify_keys(keys: tuple[str, ...]) -> _Keys:
     """Sort an environ's keys; a server sends the same names request after request."""
-    task: list[str] = []
-    odd: list[str] = []
+    task: list[tuple[str, str]] = []
+    odd: list[tuple[str, str]] = []
     for key in keys:
         if key[:5].upper() != "HTTP_":
             continue
         folded = key.upper().replace("-", "_")
-        if folded[5:].replace("_", "-").lower().startswith(TASK_HEADER_PREFIXES):
-            task.append(key)  # any case, "-" or "_": a gateway may keep dashes in a key
+        name = key[5:].lower().replace("_", "-")
+        if name.startswith(TASK_HEADER_PREFIXES):
+            task.append((key, name))  # any case, "-" or "_": a gateway may keep dashes
         elif folded in _FORWARDING_KEYS and key != folded:
-            odd.append(key)  # HTTP_X-Forwarded-For, http_x_forwarded_for: never read
+            odd.append((key, name))  # HTTP_X-Forwarded-For, http_x_forwarded_for: never read
     return _Keys(tuple(task), tuple(odd))
 
 
@@ -184,15 +193,10 @@ def _keys(environ: WSGIEnvironment) -> _Keys:
     return _classify_keys(keys)
 
 
-def _marked(environ: WSGIEnvironment) -> bool:
-    """True when the environ holds a task header or an odd forwarding header spelling."""
-    keys = _keys(environ)
-    return bool(keys.task or keys.odd)
-
-
-def request_view(environ: WSGIEnvironment) -> RequestView:
+def request_view(environ: WSGIEnvironment, keys: _Keys | None = None) -> RequestView:
     """The request as the steps of the request path see it."""
-    keys = _keys(environ)
+    if keys is None:
+        keys = _keys(environ)
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "")
     path, path_error = _text_path(script_name + path_info)
@@ -211,8 +215,7 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         prefixes=(prefix,) if prefix else (),
         query_string=environ.get("QUERY_STRING", ""),
         headers=_Headers(environ),
-        task_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.task),
-        odd_headers=tuple(SentHeader(k, _header_name(k), environ[k]) for k in keys.odd),
+        task_headers=tuple((name, environ[key]) for key, name in keys.task),
         folded=not _drops_underscore_headers(environ.get("SERVER_SOFTWARE", "")),
     )
 
@@ -264,6 +267,9 @@ class _Headers(Mapping[str, str]):
         value: str = self._environ["HTTP_" + name.upper().replace("-", "_")]
         return value
 
+    def get(self, name: str, default: Any = None) -> Any:  # without raising KeyError
+        return self._environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
             if key.startswith("HTTP_") and key.isupper() and "-" not in key:
@@ -290,21 +296,22 @@ def _host(environ: WSGIEnvironment) -> str:
     return name if port in ("", default) else f"{name}:{port}"
 
 
-def _header_name(key: str) -> str:
-    """``HTTP_X_APPENGINE_QUEUENAME`` -> ``x-appengine-queuename``."""
-    return key[5:].lower().replace("_", "-")
-
-
 # -- decision -> environ and response ------------------------------------------------------
 
 
-def remove_headers(environ: WSGIEnvironment, decision: Decision) -> None:
-    """Step 2 applied: the removed headers are gone, their names kept for the app to see."""
-    if not decision.remove:
-        return
-    for header in decision.remove:
-        environ.pop(header.key, None)
-    environ[STRIPPED_KEY] = list(decision.removed_names)
+def remove_headers(environ: WSGIEnvironment, keys: _Keys, strip: bool) -> tuple[str, ...]:
+    """Step 2 applied: odd forwarding spellings go always, task headers when ``strip``.
+
+    Returns the removed names, also kept under ``environ["taskhandler.stripped"]``.
+    """
+    removed = keys.odd + keys.task if strip else keys.odd
+    if not removed:
+        return ()
+    for key, _ in removed:
+        environ.pop(key, None)
+    names = tuple(dict.fromkeys(name for _, name in removed))
+    environ[STRIPPED_KEY] = list(names)
+    return names
 
 
 def respond(start_response: StartResponse, response: Response) -> list[bytes]:
