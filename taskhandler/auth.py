@@ -384,14 +384,25 @@ class SignedCookieAuth:
         ).encode("utf-8")
         return Page(status, tuple(headers), b"" if head else body)
 
-    def _login_post(self, request: RequestInfo, body: bytes) -> Page:
+    def _posted(
+        self, request: RequestInfo, body: bytes, action: str
+    ) -> tuple[dict[str, str], str, bool] | Page:
+        """A same-origin form post's fields, its ``continue`` target, and whether its token
+        matches; or the refusal (403 cross-site, 4xx for a body that is not a small form)."""
         if not same_origin(request):
-            return _text_page(403, "cross-site sign-in refused")
+            return _text_page(403, f"cross-site {action} refused")
         field = _read_form(request, body)
         if isinstance(field, Page):
             return field
         target = safe_redirect_target(field.get("continue"), request.host)
-        if not self._token_matches(request, field.get("csrf", "")):
+        return field, target, self._token_matches(request, field.get("csrf", ""))
+
+    def _login_post(self, request: RequestInfo, body: bytes) -> Page:
+        posted = self._posted(request, body, "sign-in")
+        if isinstance(posted, Page):
+            return posted
+        field, target, token_ok = posted
+        if not token_ok:
             return self._login_form(
                 request, status=403, error="The form expired; please sign in again.", target=target
             )
@@ -429,13 +440,11 @@ class SignedCookieAuth:
         return Page(status, tuple(headers), b"" if head else body)
 
     def _logout_post(self, request: RequestInfo, body: bytes) -> Page:
-        if not same_origin(request):
-            return _text_page(403, "cross-site sign-out refused")
-        field = _read_form(request, body)
-        if isinstance(field, Page):
-            return field
-        target = safe_redirect_target(field.get("continue"), request.host)
-        if not self._token_matches(request, field.get("csrf", "")):
+        posted = self._posted(request, body, "sign-out")
+        if isinstance(posted, Page):
+            return posted
+        _, target, token_ok = posted
+        if not token_ok:
             return self._logout_form(
                 request, status=403, error="The form expired; please sign out again.", target=target
             )
