@@ -52,7 +52,7 @@ from taskhandler.taskqueue.cloudtasks import CloudTasksBackend
 from taskhandler.trust import TrustPolicy
 from taskhandler.wsgi import TaskMiddleware
 
-from .servers import free_port, serve, wait_for_port
+from .servers import free_port, serve, stop, wait_for_port
 
 LOG_ENV = "TASKHANDLER_EMULATOR_LOG"
 PROJECT = "emulated-project"
@@ -156,12 +156,7 @@ def emulator(app_url: str, workdir: Path) -> Iterator[str]:
             raise RuntimeError((workdir / "emulator.log").read_text())
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

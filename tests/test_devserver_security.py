@@ -34,7 +34,7 @@ from taskhandler._types import Receive, Scope, Send
 from taskhandler.auth import SignedCookieAuth
 from taskhandler.devserver import CONSOLE_PATH, QueueConsole, _AsgiRouter, _Router, allowed_host
 from taskhandler.taskqueue import LocalTaskQueue
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, free_port, stop, wait_for_port
 
 SECRET = "d" * 40
 
@@ -467,14 +467,7 @@ def served(
         wait_for_port(port, proc)
         yield result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
 
 
 _task_names = itertools.count(1)
