@@ -42,6 +42,7 @@ from .exceptions import ConfigError
 
 __all__ = [
     "APP_YAML_SCHEMA",
+    "BUILTIN_RULES",
     "CRON_YAML_SCHEMA",
     "DISPATCH_YAML_SCHEMA",
     "INDEX_YAML_SCHEMA",
@@ -173,6 +174,9 @@ class AppConfig(BaseModel):
         task_deadline: seconds a task request may run (600 for automatic scaling,
             86 400 for basic or manual scaling).
         entrypoint: app.yaml's ``entrypoint``, used by ``taskhandler serve`` to find the app.
+        builtins: the names of app.yaml's ``builtins:`` switched ``on``, in file order
+            (``("deferred",)`` for ``- deferred: on``); ``taskhandler serve`` mounts
+            ``taskhandler.deferred`` at ``/_ah/queue/deferred`` when ``deferred`` is here.
         source: the file the configuration was read from, for messages.
 
     Example::
@@ -185,6 +189,7 @@ class AppConfig(BaseModel):
     rules: tuple[AccessRule, ...] = ()
     task_deadline: float = Field(default=AUTOMATIC_SCALING_DEADLINE, gt=0)
     entrypoint: str | None = None
+    builtins: tuple[str, ...] = ()
     source: str | None = None
 
 
@@ -934,6 +939,9 @@ def load_app_yaml(path: str | Path) -> AppConfig:
         )
     deadline = _SCALING_DEADLINES[scaling[0]] if scaling else AUTOMATIC_SCALING_DEADLINE
 
+    builtins = _builtins(document.get("builtins"), name)
+    rules = _with_builtin_rules(rules, builtins)
+
     entry_node = document.get("entrypoint")
     entrypoint = None if entry_node is None else entry_node.value
     if entrypoint is not None and not isinstance(entrypoint, str):
@@ -943,7 +951,71 @@ def load_app_yaml(path: str | Path) -> AppConfig:
             line=document.key_line("entrypoint"),
             value=entrypoint,
         )
-    return AppConfig(rules=rules, task_deadline=deadline, entrypoint=entrypoint, source=name)
+    return AppConfig(
+        rules=rules,
+        task_deadline=deadline,
+        entrypoint=entrypoint,
+        builtins=builtins,
+        source=name,
+    )
+
+
+# App Engine's ``on``/``off`` words for a builtin (appinfo.ON_ALIASES, OFF_ALIASES); YAML
+# reads the unquoted ``on``, ``yes`` and ``1`` as True or 1 before App Engine's words apply.
+_BUILTIN_ON = frozenset({"on", "yes", "y", "true", "t", "1"})
+_BUILTIN_OFF = frozenset({"off", "no", "n", "false", "f", "0"})
+
+# The handlers a builtin adds, as App Engine's own builtins/<name>/include.yaml did: put at
+# the head of ``handlers:``, so they decide their URL before any of the app's rules.
+BUILTIN_RULES: dict[str, tuple[AccessRule, ...]] = {
+    "deferred": (AccessRule(url="/_ah/queue/deferred", login="admin"),),
+}
+
+
+def _builtins(node: YamlNode | None, path: str) -> tuple[str, ...]:
+    """The names of the ``builtins:`` entries switched on; ConfigError for a value not on/off."""
+    if node is None or node.is_null:
+        return ()
+    names: list[str] = []
+    for index, item in enumerate(node.items, 1):
+        builtin, line, value = item.pairs[0]  # check_keys made each entry one key
+        raw = value.value
+        word = str(int(raw)) if isinstance(raw, bool) else str(raw).lower()
+        if raw is None or word in _BUILTIN_OFF:
+            continue
+        if word not in _BUILTIN_ON:
+            raise ConfigError(
+                f"builtins[{index}].{builtin}: {shown(raw)} is not on or off",
+                path=path,
+                line=line,
+                value=raw,
+            )
+        if builtin not in names:
+            names.append(builtin)
+    return tuple(names)
+
+
+def _with_builtin_rules(
+    rules: tuple[AccessRule, ...], builtins: tuple[str, ...]
+) -> tuple[AccessRule, ...]:
+    """``rules`` with the builtins' rules at the head, as App Engine merges them.
+
+    A builtin rule is left out when the app's own first rule for that exact URL already
+    decides it the same way (the common ``- url: /_ah/queue/deferred`` / ``login: admin``
+    copy), so the table shows each decision once.
+    """
+    head: list[AccessRule] = []
+    for builtin in builtins:
+        for rule in BUILTIN_RULES.get(builtin, ()):
+            first = next((r for r in rules if r.regex.fullmatch(rule.url)), None)
+            same = first is not None and (
+                first.login,
+                first.auth_fail_action,
+                first.secure,
+            ) == (rule.login, rule.auth_fail_action, rule.secure)
+            if not same:
+                head.append(rule)
+    return (*head, *rules)
 
 
 # --------------------------------------------------------------------------- cron.yaml
