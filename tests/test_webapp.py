@@ -99,12 +99,13 @@ ROUTES = WSGIApplication(
         pytest.param("GET", "/notes/a.txt", 200, "only get", id="regex suffix"),
         pytest.param("GET", "/nothing", 404, None, id="no route"),
         pytest.param("PUT", "/get-only", 405, None, id="method the handler lacks"),
-        pytest.param("TRACE", "/echo", 405, None, id="method outside the allowed set"),
-        pytest.param("DISPATCH", "/echo", 405, None, id="verb naming a handler attribute"),
+        pytest.param("TRACE", "/echo", 405, None, id="TRACE the handler lacks"),
+        pytest.param("DISPATCH", "/echo", 501, None, id="verb naming a handler attribute"),
+        pytest.param("FOOBAR", "/nothing", 501, None, id="unknown verb before routing"),
     ],
 )
 def test_routing(method: str, path: str, status: int, text: str | None) -> None:
-    """Routes full-match the path in order; the verb picks the method; 404/405 otherwise."""
+    """Routes full-match the path in order; the verb picks the method; 404/405/501 otherwise."""
     response = call(ROUTES, path, method=method)
     assert response.status_int == status
     if text is not None:
