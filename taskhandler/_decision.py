@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from . import access
 from ._request import RequestView
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("taskhandler")
+
+R = TypeVar("R")  # a protocol's request: a WSGI environ, an ASGI scope
 
 AUTH_PAGE_PREFIX = "/_ah/log"  # /_ah/login and /_ah/logout
 
@@ -116,6 +118,15 @@ def make_settings(
     )
 
 
+UserOf = Callable[[], User | None]
+"""Who is signed in, asked only when a step needs to know (a :class:`LazyUser`)."""
+
+
+def no_user() -> User | None:
+    """The user when there is no authenticator to ask: nobody."""
+    return None
+
+
 class LazyUser:
     """Who the authenticator says the user is, asked at most once per request."""
 
@@ -137,8 +148,7 @@ class LazyUser:
         return self._user
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What an adapter must do with one request.
 
     Attributes:
@@ -159,7 +169,7 @@ class Decision:
 NOTHING_DECIDED = Decision(None, False, None, None)
 
 
-def decide(view: RequestView, settings: Settings, user: Callable[[], User | None]) -> Decision:
+def decide(view: RequestView, settings: Settings, user: UserOf) -> Decision:
     """SPEC §1 steps 1-4 for one request; mutates nothing.
 
     Args:
@@ -186,7 +196,7 @@ def decide(view: RequestView, settings: Settings, user: Callable[[], User | None
 
 
 def decide_nested(
-    view: RequestView, settings: Settings, outer: RequestState, user: Callable[[], User | None]
+    view: RequestView, settings: Settings, outer: RequestState, user: UserOf
 ) -> Decision:
     """The decision of a ``TaskMiddleware`` inside another one.
 
@@ -197,9 +207,7 @@ def decide_nested(
     return Decision(outer.trusted_by, False, refusal, outer.context)
 
 
-def who_is_asking(
-    view: RequestView, settings: Settings, user: Callable[[], User | None]
-) -> TrustedBy | None:
+def who_is_asking(view: RequestView, settings: Settings, user: UserOf) -> TrustedBy | None:
     """Step 1: whether the request's task headers are believed, and why.
 
     A request without task headers is trusted only under development trust. Otherwise
@@ -223,7 +231,7 @@ def strips_task_headers(view: RequestView, trusted_by: TrustedBy | None) -> bool
 
 
 def access_refusal(
-    view: RequestView, settings: Settings, *, is_task: bool, user: Callable[[], User | None]
+    view: RequestView, settings: Settings, *, is_task: bool, user: UserOf
 ) -> Refusal | None:
     """Step 3: the access rules (``login:``, ``secure:``) for every path the app may route."""
     if not settings.rules:
@@ -258,7 +266,7 @@ class RequestState:
         self,
         settings: Settings,
         decision: Decision,
-        user: LazyUser,
+        user: UserOf,
         stripped: tuple[str, ...] = (),
     ) -> None:
         self.stripped = stripped
@@ -303,35 +311,37 @@ class MiddlewareBase:
         deadline: float | None = None,
         grace: float | None = None,
     ) -> None:
-        self.app = app
-        self.settings: Settings = make_settings(trust, config, authenticator, deadline, grace)
+        self._adopt(app, make_settings(trust, config, authenticator, deadline, grace))
 
-    def undecided(self, info: Callable[[], RequestInfo]) -> RequestState:
+    def _adopt(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings: Settings = settings
+        # Per middleware, worked out once: neither the settings nor the app change.
+        self.decides_plain_requests = settings.decides_plain_requests
+        self._nothing_decided = RequestState(settings, NOTHING_DECIDED, no_user)
+
+    def user_of(self, info: Callable[[R], RequestInfo], request: R) -> UserOf:
+        """Who is signed in on ``request``: the authenticator asked at most once, if at all."""
+        authenticator = self.settings.authenticator
+        if authenticator is None:
+            return no_user
+        return LazyUser(authenticator, functools.partial(info, request))
+
+    def undecided(self, info: Callable[[R], RequestInfo], request: R) -> RequestState:
         """The state of a request with nothing to decide, for handlers further in.
 
         Without an authenticator there is no user to ask, so one state serves them all.
         """
         if self.settings.authenticator is None:
-            return _undecided_state(self.settings)
-        return RequestState(
-            self.settings, NOTHING_DECIDED, LazyUser(self.settings.authenticator, info)
-        )
+            return self._nothing_decided
+        return RequestState(self.settings, NOTHING_DECIDED, self.user_of(info, request))
 
     @classmethod
     def with_settings(cls, app: Any, settings: Settings) -> Any:
         """A middleware around ``app`` with settings validated already (no warning again)."""
         middleware = cls.__new__(cls)
-        middleware.app = app
-        middleware.settings = settings
+        middleware._adopt(app, settings)
         return middleware
-
-
-@functools.lru_cache(maxsize=64)
-def _undecided_state(settings: Settings) -> RequestState:
-    """One state for every request with nothing to decide and nobody to ask about."""
-    return RequestState(
-        settings, NOTHING_DECIDED, LazyUser(None, lambda: RequestInfo("", "", "", "", ""))
-    )
 
 
 def refusal_response(refusal: Refusal) -> Response:

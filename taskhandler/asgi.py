@@ -35,7 +35,6 @@ from ._async_deadline import AsyncArmed, arm_async
 from ._decision import (
     AUTH_PAGE_PREFIX,
     Decision,
-    LazyUser,
     MiddlewareBase,
     RequestState,
     Settings,
@@ -117,6 +116,11 @@ class TaskMiddleware(MiddlewareBase):
 
     app: ASGIApplication
 
+    def _adopt(self, app: Any, settings: Settings) -> None:
+        super()._adopt(app, settings)
+        # Where a root_path the app strips itself is found: the chain of apps is fixed.
+        self._root_path_app = _root_path_app(app)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             start = getattr(self.settings.trust.oidc, "start", None)
@@ -127,15 +131,15 @@ class TaskMiddleware(MiddlewareBase):
         settings = self.settings
         outer = scope.get(STATE_KEY)
         names = _names(scope)
-        if not settings.decides_plain_requests and (outer is not None or not names.marked):
+        if not self.decides_plain_requests and (outer is not None or not names.marked):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
-                scope[STATE_KEY] = self.undecided(functools.partial(request_info, scope))
+                scope[STATE_KEY] = self.undecided(request_info, scope)
             await self.app(scope, receive, send)
             return
 
-        user = LazyUser(settings.authenticator, functools.partial(request_info, scope))
-        view = request_view(scope, self.app, names)
+        user = self.user_of(request_info, scope)
+        view = request_view(scope, self._root_path_app, names)
 
         # The authenticator's own pages (sign-in, sign-out) answer before anything else.
         if settings.serves_pages and _app_path(scope).startswith(AUTH_PAGE_PREFIX):
@@ -247,7 +251,9 @@ def _own_root_path(app: Any) -> str:
     """A ``root_path`` the wrapped app strips by itself (``FastAPI(root_path=...)``).
 
     Looked for down the chain of ``.app`` attributes that ASGI middleware keep, so another
-    middleware between this one and FastAPI does not hide it.
+    middleware between this one and FastAPI does not hide it. Read on every request (an
+    app may set it after it was wrapped); the middleware starts the walk where
+    :func:`_root_path_app` found the first app that has one.
     """
     for _ in range(_MAX_UNWRAP):
         if app is None:
@@ -257,6 +263,15 @@ def _own_root_path(app: Any) -> str:
             return root
         app = getattr(app, "app", None)
     return ""
+
+
+def _root_path_app(app: Any) -> Any:
+    """The first app down the chain of ``.app`` attributes with a ``root_path``, or ``None``."""
+    for _ in range(_MAX_UNWRAP):
+        if app is None or isinstance(getattr(app, "root_path", None), str):
+            return app
+        app = getattr(app, "app", None)
+    return None
 
 
 _MAX_UNWRAP = 16

@@ -24,7 +24,6 @@ from werkzeug.http import parse_cookie
 from ._decision import (
     AUTH_PAGE_PREFIX,
     Decision,
-    LazyUser,
     MiddlewareBase,
     RequestState,
     Settings,
@@ -107,13 +106,13 @@ class TaskMiddleware(MiddlewareBase):
         settings = self.settings
         outer = environ.get(STATE_KEY)
         keys = _keys(environ)
-        if not settings.decides_plain_requests and (outer is not None or not keys.marked):
+        if not self.decides_plain_requests and (outer is not None or not keys.marked):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
-                environ[STATE_KEY] = self.undecided(functools.partial(request_info, environ))
+                environ[STATE_KEY] = self.undecided(request_info, environ)
             return self.app(environ, start_response)
 
-        user = LazyUser(settings.authenticator, functools.partial(request_info, environ))
+        user = self.user_of(request_info, environ)
         view = request_view(environ, keys)
 
         # The authenticator's own pages (sign-in, sign-out) answer before anything else.
