@@ -489,7 +489,7 @@ def _verified(data: object) -> bytes:
         ) from None
 
 
-def run(data: bytes) -> Any:
+def run(data: bytes | bytearray | memoryview | None) -> Any:
     """Check the signature of a payload, then unpickle and call it; return what it returns.
 
     Runs a task the testbed's stub holds: ``deferred.run(task.payload)``.

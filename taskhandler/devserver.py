@@ -8,7 +8,9 @@ One process runs, on one machine and with no cloud account, the whole loop:
 - a :class:`~taskhandler.taskqueue.LocalTaskQueue` in a SQLite file, installed as the queue
   ``taskqueue.add()`` uses, delivering to the app in-process (peer ``0.1.0.2``);
 - a console at ``/_ah/admin/queues`` for administrators: queues, pending tasks with their ETA and
-  retry count, and *run now*, *delete*, *purge*.
+  retry count, and *run now*, *delete*, *purge*;
+- with ``builtins: - deferred: on`` in app.yaml, :mod:`taskhandler.deferred`'s handler at
+  ``/_ah/queue/deferred`` (behind ``login: admin``), large calls kept beside the database.
 
 Development trust believes any request's task headers, so the server refuses to listen on an
 address other than loopback, and answers only requests addressed to a loopback name
@@ -38,6 +40,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
+from . import deferred
 from ._types import ASGIApplication, Receive, Scope, Send, StartResponse, WSGIApplication
 from .auth import LOGOUT_PATH, SignedCookieAuth, same_origin
 from .config import AppConfig, load_app_yaml
@@ -483,6 +486,62 @@ async def _refuse(scope: Scope, send: Send, host: str | None) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# -- app.yaml builtins -----------------------------------------------------------------------
+
+
+class _DeferredRoute:
+    """Sends ``/_ah/queue/deferred`` to :data:`taskhandler.deferred.application` (WSGI)."""
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if path == deferred.DEFAULT_URL:
+            return deferred.application(environ, start_response)
+        return self.app(environ, start_response)
+
+
+class _AsgiDeferredRoute:
+    """Sends ``/_ah/queue/deferred`` to :data:`taskhandler.deferred.asgi_application`."""
+
+    def __init__(self, app: ASGIApplication) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("root_path", "") + scope.get("path", "")
+        if scope["type"] == "http" and path == deferred.DEFAULT_URL:
+            await deferred.asgi_application(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def mount_builtins(app: Any, config: AppConfig | None, *, asgi: bool, key: str, db: str) -> Any:
+    """``app`` with app.yaml's builtins mounted: ``deferred: on`` -> ``/_ah/queue/deferred``.
+
+    The handler sits inside the ``TaskMiddleware`` that wraps the result, so app.yaml's rules
+    (``login: admin`` on that URL, added by the builtin) apply to it. Unless the app set them
+    itself, deferred payloads are signed with ``key`` and large calls are kept in
+    ``<db stem>.deferred.sqlite3`` beside the queue database (in memory for ``:memory:``).
+    """
+    if config is None or "deferred" not in config.builtins:
+        return app
+    if not deferred.has_secret_key():
+        deferred.configure(secret_key=key)
+        logger.warning(
+            "deferred payloads are signed with a key made for this run: set "
+            "TASKHANDLER_SECRET_KEY so that deferred tasks survive a restart"
+        )
+    if deferred.current_store() is None:
+        store: deferred.DeferredStore = (
+            deferred.MemoryDeferredStore()
+            if db == ":memory:"
+            else deferred.SqliteDeferredStore(deferred.SqliteDeferredStore.beside(db))
+        )
+        deferred.configure(store=store)
+    return _AsgiDeferredRoute(app) if asgi else _DeferredRoute(app)
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -508,6 +567,7 @@ def build(args: argparse.Namespace) -> tuple[Any, LocalTaskQueue, bool]:
     auth = SignedCookieAuth(key)
     trust = TrustPolicy.development()
     asgi = is_asgi(app)
+    app = mount_builtins(app, config, asgi=asgi, key=key, db=str(args.db or DEFAULT_DB))
     wrapped: Any
     if asgi:
         from .asgi import TaskMiddleware as AsgiTaskMiddleware
@@ -533,6 +593,13 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     use(queue)
     queue.start()
+    relay = None
+    if getattr(args, "outbox_db_url", None):  # the app's outbox table, relayed to this queue
+        from .outbox import Outbox
+
+        relay = Outbox(args.outbox_db_url, backend=queue)
+        relay.create_table()
+        relay.start()
     url = f"http://{args.host}:{args.port}"
     print(
         f"taskhandler: serving on {url} (queue console {url}{CONSOLE_PATH}, "
@@ -563,6 +630,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 signal.signal(signal.SIGTERM, previous)
                 server.server_close()
     finally:
+        if relay is not None:
+            relay.stop()
         queue.close()
         use(None)
     return 0
