@@ -665,7 +665,7 @@ def _in_thread(func: Callable[..., Any], args: tuple[Any, ...], ctx: TaskContext
     The request's asyncio deadline raises at the ``await`` of the thread, which cannot stop
     the thread itself; a thread deadline with the same end lets the function stop too.
     """
-    outer = ctx.__pydantic_private__.get("_deadline")  # type: ignore[union-attr]
+    outer = ctx._armed_deadline()
     if isinstance(outer, AsyncArmed):
         hard = outer.hard_at - time.monotonic()
         grace = outer.hard_at - outer.soft_at

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from .headers import APPENGINE, CLOUDTASKS, FIELD_SUFFIXES, collect, format_eta, parse_task_fields
 from .trust import TrustedBy
@@ -39,6 +39,11 @@ class TaskContext(BaseModel):
         ctx.is_first_attempt  # True
     """
 
+    # The request's deadline, set by the adapter that arms it (see _attach_deadline): a
+    # plain slot, not a pydantic private attribute, which would cost every context built
+    # a Python-level __init__ step.
+    __slots__ = ("_deadline",)
+
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     queue_name: TaskName
@@ -50,8 +55,6 @@ class TaskContext(BaseModel):
     retry_reason: str | None = None
     fail_fast: bool = False
     trusted_by: TrustedBy = "queue"
-
-    _deadline: _Deadline | None = PrivateAttr(default=None)
 
     @field_validator("eta")
     @classmethod
@@ -116,16 +119,26 @@ class TaskContext(BaseModel):
 
     def time_remaining(self) -> float | None:
         """Seconds until the soft deadline (when ``DeadlineExceededError`` is raised), or None."""
-        if self._deadline is None:
+        deadline = self._armed_deadline()
+        if deadline is None:
             return None
-        return max(0.0, self._deadline.remaining())
+        return max(0.0, deadline.remaining())
+
+    def _armed_deadline(self) -> _Deadline | None:
+        """The deadline armed for this task's request, or ``None`` (not run by a middleware)."""
+        deadline: _Deadline | None = getattr(self, "_deadline", None)
+        return deadline
+
+    def __copy__(self) -> TaskContext:
+        copy = super().__copy__()  # model_copy() too: the copy keeps the request's deadline
+        deadline = self._armed_deadline()
+        if deadline is not None:
+            copy._attach_deadline(deadline)
+        return copy
 
     def _attach_deadline(self, deadline: _Deadline) -> None:
         """Let :meth:`time_remaining` read ``deadline`` (the adapters call it when they arm)."""
-        # What assigning the private attribute does, without pydantic's __setattr__ on the way.
-        private = self.__pydantic_private__
-        assert private is not None
-        private["_deadline"] = deadline
+        object.__setattr__(self, "_deadline", deadline)  # frozen: the model's own refuses
 
     def _key(self) -> tuple[Any, ...]:
         return (
