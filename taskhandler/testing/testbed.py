@@ -276,7 +276,7 @@ class TaskQueueServiceStub:
         """
         if isinstance(queue_names, str):
             queue_names = [queue_names]
-        wanted = list(self.queue.queues) if queue_names is None else list(queue_names)
+        wanted = sorted(self.queue.queues) if queue_names is None else list(queue_names)
         found: list[StubTask] = []
         for queue_name in wanted:
             if queue_name not in self.queue.queues:
