@@ -1,4 +1,5 @@
-"""The ``taskhandler`` command: ``serve`` (development server) and ``check`` (validate files)."""
+"""The ``taskhandler`` command: ``serve`` (development server), ``check`` (validate files) and
+``relay`` (hand the outbox's committed tasks to the queue)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--db", default=None, help="SQLite file of the local queue")
+    serve.add_argument(
+        "--outbox-db-url",
+        default=None,
+        help="SQLAlchemy URL of the app's database: relay its outbox table to the local queue",
+    )
 
     check = sub.add_parser(
         "check", help="validate App Engine config files and print what they configure"
@@ -32,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         help="app.yaml, web.xml, queue.yaml, cron.yaml, dispatch.yaml, index.yaml, in any "
         "order; each file's kind is told from its content",
     )
+
+    relay = sub.add_parser(
+        "relay", help="hand tasks committed into an outbox table to the queue (production)"
+    )
+    from .outbox._command import add_relay_arguments
+
+    add_relay_arguments(relay)
     return parser
 
 
@@ -44,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(run_check(args.files))
             return 0
+        if args.command == "relay":
+            from .outbox._command import run_relay
+
+            return run_relay(args)
         from .devserver import run_serve
 
         return run_serve(args)

@@ -631,7 +631,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 server.server_close()
     finally:
         if relay is not None:
-            relay.stop()
+            relay.close()
         queue.close()
         use(None)
     return 0

@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -38,8 +38,11 @@ __all__ = [
     "MAX_TRANSACTIONAL_TASKS",
     "AddResult",
     "Addable",
+    "TransactionSink",
     "add_tasks",
+    "bind_transaction_sink",
     "check_queue_name",
+    "reset_transaction_sink",
     "transaction",
 ]
 
@@ -187,20 +190,65 @@ def transaction() -> Iterator[None]:
                 task._mark_enqueued(queue_name, name)
 
 
+class TransactionSink(Protocol):
+    """A database transaction that takes transactional adds (``taskhandler.outbox`` makes them).
+
+    ``count`` is how many tasks it holds already; ``add`` writes the records into the
+    transaction and returns the task name each will have once it is committed and relayed.
+    """
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, records: Sequence[NewTask]) -> list[str]: ...
+
+
+_sink: ContextVar[TransactionSink | None] = ContextVar(
+    "taskhandler_transaction_sink", default=None
+)
+
+
+def bind_transaction_sink(sink: TransactionSink | None) -> Token[TransactionSink | None]:
+    """Send this context's ``transactional=True`` adds to ``sink`` (``None``: stop).
+
+    Outside a :func:`transaction` block, a transactional add then goes into ``sink`` (the
+    application's database transaction) instead of raising ``BadTransactionStateError``.
+    Returns the token :func:`reset_transaction_sink` takes to restore the previous sink.
+    """
+    return _sink.set(sink)
+
+
+def reset_transaction_sink(token: Token[TransactionSink | None]) -> None:
+    """Restore the sink that was bound before :func:`bind_transaction_sink` gave ``token``."""
+    _sink.reset(token)
+
+
 def _add_transactional(queue_name: str, tasks: Sequence[Addable]) -> None:
+    # A taskqueue.transaction() block first; else the database transaction bound by
+    # taskhandler.outbox, if any.
     txn = _transaction.get()
-    if txn is None:
+    sink = _sink.get() if txn is None else None
+    if txn is not None:
+        held = len(txn.pending)
+    elif sink is not None:
+        held = sink.count
+    else:
         raise BadTransactionStateError("Transactional adds are not allowed outside of transactions")
     for item in tasks:
         if item.name:
             raise InvalidTaskNameError("A task bound to a transaction cannot be named.")
-    if len(txn.pending) + len(tasks) > MAX_TRANSACTIONAL_TASKS:
+    if held + len(tasks) > MAX_TRANSACTIONAL_TASKS:
         raise TooManyTasksError(
             f"No more than {MAX_TRANSACTIONAL_TASKS} transactional tasks can be added in a"
             " single transaction"
         )
-    current_backend().check_queue(queue_name)
-    txn.pending.extend((queue_name, item) for item in tasks)
+    if sink is not None:
+        names = sink.add([item._record(queue_name) for item in tasks])
+        for item, name in zip(tasks, names, strict=True):
+            item._mark_enqueued(queue_name, name)
+    elif txn is not None:
+        current_backend().check_queue(queue_name)
+        txn.pending.extend((queue_name, item) for item in tasks)
 
 
 # -- adding ----------------------------------------------------------------------------------
