@@ -421,6 +421,14 @@ def test_delete_task_and_flush(stub: testbed.TaskQueueServiceStub) -> None:
     assert [q["tasks_in_queue"] for q in stub.GetQueues()] == [0, 0, 1]
 
 
+def test_flushed_names_stay_reserved(stub: testbed.TaskQueueServiceStub) -> None:
+    """After FlushQueue a named task's name is a tombstone, as in production."""
+    _add_three()
+    stub.FlushQueue("default")
+    with pytest.raises(taskqueue.TombstonedTaskError):
+        taskqueue.add(url="/a", name="first")
+
+
 def test_the_stub_does_not_dispatch(stub: testbed.TaskQueueServiceStub) -> None:
     """Tasks wait in the stub: the queue is never started."""
     deferred.defer(send_invoice, 5)
