@@ -14,7 +14,6 @@ it, answers questions about the queues, and runs the dispatcher on request.
 from __future__ import annotations
 
 import datetime
-import itertools
 import logging
 import math
 import os
@@ -33,7 +32,7 @@ from ._dispatcher import DispatchLoop
 from ._errors import Error, InvalidQueueModeError, UnknownQueueError
 from ._queue_yaml import QueueConfig, normalize_queues
 from ._scheduler import Scheduler
-from ._store import StoredTask, TaskStore, utc
+from ._store import StoredTask, TaskStore, generated_name, utc
 
 __all__ = ["TOMBSTONE_SECONDS", "LocalTaskQueue", "QueuedTask"]
 
@@ -192,10 +191,6 @@ class LocalTaskQueue:
             str(name): make_dispatcher(dest, timeout=float(dispatch_timeout))
             for name, dest in (targets or {}).items()
         }
-        instance = uuid.uuid4().hex
-        # Generated names: unique per instance, and increasing, so the name index is appended to.
-        self._name_prefix = instance[:16]
-        self._name_numbers = itertools.count(1)
         self._db_path = str(db)
         self._closed = False
         self._store = TaskStore(
@@ -215,7 +210,7 @@ class LocalTaskQueue:
             workers=workers,
             dispatch_timeout=float(dispatch_timeout),
             poll_interval=float(poll_interval),
-            lease_prefix=f"{socket.gethostname()}/{os.getpid()}/{instance[16:28]}",
+            lease_prefix=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}",
         )
 
     def _recover(self) -> None:
@@ -256,7 +251,7 @@ class LocalTaskQueue:
         now = self.now()
         if len(tasks) == 1 and tasks[0].queue_name in self._queues:
             task = tasks[0]
-            name = task.task_name or self._new_name()
+            name = task.task_name or generated_name()
             config = self._queues[task.queue_name]
             if config.mode == "push" and self._store.insert_new(
                 task, name=name, target=config.target or task.target, now=now
@@ -268,7 +263,7 @@ class LocalTaskQueue:
             for task in tasks:
                 try:
                     self.check_queue(task.queue_name)
-                    name = task.task_name or self._new_name()
+                    name = task.task_name or generated_name()
                     target = self._queues[task.queue_name].target or task.target
                     tx.insert(task, name=name, target=target, now=now)
                 except Error as exc:
@@ -279,9 +274,6 @@ class LocalTaskQueue:
                     results.append(name)
         self._loop.wake()
         return results
-
-    def _new_name(self) -> str:
-        return f"{self._name_prefix}{next(self._name_numbers):016x}"
 
     def delete(self, queue_name: str, task_name: str) -> bool:
         """Delete a pending or running task (a named one leaves a tombstone); True if found."""

@@ -29,8 +29,10 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -51,11 +53,10 @@ from ._errors import (
 )
 from ._queue_yaml import RetryParameters
 
-__all__ = ["SCHEMA", "StoredTask", "TaskStore", "Transaction", "utc"]
+__all__ = ["SCHEMA", "StoredTask", "TaskStore", "Transaction", "generated_name", "utc"]
 
-SCHEMA_VERSION = 1
-SCHEMA = (
-    """
+SCHEMA_VERSION = 2
+_TABLE = """
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -77,24 +78,42 @@ CREATE TABLE tasks (
     state TEXT NOT NULL,
     lease_id TEXT,
     lease_expires REAL,
-    finished REAL,
-    UNIQUE (queue, name)
+    finished REAL
 )
-""",
-    "CREATE INDEX tasks_by_state ON tasks (state, queue, eta)",
-)
-"""The whole schema (``user_version`` :data:`SCHEMA_VERSION`)."""
+"""
+_BY_NAME = "CREATE UNIQUE INDEX tasks_by_name ON tasks (queue, name) WHERE named = 1"
+_BY_STATE = "CREATE INDEX tasks_by_state ON tasks (state, queue, eta)"
+SCHEMA = (_TABLE, _BY_NAME, _BY_STATE)
+"""The whole schema (``user_version`` :data:`SCHEMA_VERSION`).
 
+Only named tasks are in the name index: they are the ones deduplicated and kept as tombstones.
+An unnamed task's generated name (:func:`generated_name`) is unique by construction, so its row
+goes into two B-trees (the rows and ``tasks_by_state``) instead of three.
+"""
+
+# Version 1 (releases before the partial name index): every name in a table-level UNIQUE index.
+# A file is migrated only when its schema is exactly this one, text for text.
+_V1_TABLE = _TABLE.replace("    finished REAL\n", "    finished REAL,\n    UNIQUE (queue, name)\n")
+_V1_SCHEMA = {("table", "tasks"): _V1_TABLE, ("index", "tasks_by_state"): _BY_STATE}
+
+_COLUMNS = (
+    "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
+    "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id, "
+    "lease_expires, finished"
+)
 _TASK_COLUMNS = (
     "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
     "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id"
 )
+# One statement for named and unnamed tasks: an unnamed row (named = 0) is outside the partial
+# index, so it never conflicts.
 _INSERT = (
     "INSERT INTO tasks (queue, name, named, method, url, headers, payload, target, retry, eta,"
     " created, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
-    " ON CONFLICT (queue, name) DO NOTHING"
+    " ON CONFLICT (queue, name) WHERE named = 1 DO NOTHING"
 )
 _LIVE = "state IN ('pending', 'leased')"
+_GENERATED_NAME = re.compile(r"[0-9a-f]{32}\Z")
 _TOMBSTONES = "state IN ('done', 'deleted', 'failed')"
 _ETA_SLACK = 1e-6  # float error when a virtual clock is advanced exactly to an ETA
 
@@ -122,6 +141,37 @@ _TRANSIENT_CODES = frozenset({5, 6, 7, 10, 13, 14, 15})
 def utc(seconds: float) -> datetime.datetime:
     """Seconds since the epoch as an aware UTC datetime."""
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+class _NameSource:
+    """Names for unnamed tasks: 16 random hex digits per process, then a 16-digit counter.
+
+    Unique by construction, which is why unnamed tasks stay out of the name index: the random
+    prefix is drawn anew in every process (and in the child of a ``fork``, which would otherwise
+    go on counting from its parent's state), so two processes -- at the same time or one after
+    the other, on one file -- collide only if they draw the same 64 random bits. Within a
+    process the counter never repeats (``next`` on a counter is atomic) and the names increase.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._numbers = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._numbers):016x}"
+
+
+generated_name = _NameSource()
+"""A new name for an unnamed task: ``generated_name()``."""
+os.register_at_fork(after_in_child=generated_name.reseed)
+
+
+def _may_be_generated(task_name: str) -> bool:
+    """Whether ``task_name`` has the shape of a generated name (unnamed rows are looked up)."""
+    return _GENERATED_NAME.match(task_name) is not None
 
 
 # Most tasks carry one of a few header lists and no retry options: encode and decode each once.
@@ -252,6 +302,32 @@ def sqlite_reason(exc: sqlite3.Error) -> str:
     return f"{name}: {exc}"
 
 
+def _same_schema(
+    found: dict[tuple[str, str], str | None], expected: dict[tuple[str, str], str]
+) -> bool:
+    """Whether the schema objects ``found`` are exactly ``expected``, whitespace aside."""
+    return found.keys() == expected.keys() and all(
+        " ".join(str(found[key]).split()) == " ".join(sql.split()) for key, sql in expected.items()
+    )
+
+
+def _migrate_from_v1(conn: sqlite3.Connection) -> None:
+    """Rewrite a version-1 file as version 2, inside the caller's transaction.
+
+    Version 1 kept every name in a table-level ``UNIQUE`` index, which SQLite cannot drop, so
+    the table is copied (row ids, states, tombstones and all) into one of the new schema.
+    """
+    conn.execute("ALTER TABLE tasks RENAME TO tasks_v1")
+    conn.execute(_TABLE)
+    conn.execute(
+        f"INSERT INTO tasks ({_COLUMNS}) SELECT {_COLUMNS} FROM tasks_v1"  # noqa: S608 - fixed
+    )
+    conn.execute("DROP TABLE tasks_v1")
+    conn.execute(_BY_NAME)
+    conn.execute(_BY_STATE)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -287,8 +363,10 @@ class Transaction:
         conn = self._conn
         if conn.execute(_INSERT, row).rowcount == 1:
             return
+        # Only a named task conflicts: its name is in the name index, live or a tombstone.
         found = conn.execute(
-            "SELECT state, finished FROM tasks WHERE queue=? AND name=?", (task.queue_name, name)
+            "SELECT state, finished FROM tasks WHERE queue=? AND name=? AND named=1",
+            (task.queue_name, name),
         ).fetchone()
         if found["state"] in ("pending", "leased"):
             raise TaskAlreadyExistsError(
@@ -301,13 +379,16 @@ class Transaction:
                 f"{utc(finished).isoformat()}; its name is reserved for "
                 f"{self._tombstone_seconds:g} s"
             )
-        conn.execute("DELETE FROM tasks WHERE queue=? AND name=?", (task.queue_name, name))
+        conn.execute(
+            "DELETE FROM tasks WHERE queue=? AND name=? AND named=1", (task.queue_name, name)
+        )
         conn.execute(_INSERT, row)
 
     def delete(self, queue_name: str, task_name: str | None, now: float) -> int:
         """Delete the live task ``task_name`` (every live task when None); return how many.
 
-        Named tasks leave a tombstone; unnamed ones are removed.
+        Named tasks leave a tombstone; unnamed ones are removed. A named task is found through
+        the name index; unnamed rows are searched only for a name shaped like a generated one.
         """
         where, args = (
             ("queue=?", (queue_name,))
@@ -316,22 +397,28 @@ class Transaction:
         )
         conn = self._conn
         deleted = conn.execute(
-            f"DELETE FROM tasks WHERE {where} AND named=0 AND {_LIVE}",  # noqa: S608 - fixed text
-            args,
-        ).rowcount
-        deleted += conn.execute(
             "UPDATE tasks SET state='deleted', finished=?, payload=NULL, headers=NULL, "  # noqa: S608
             f"lease_id=NULL WHERE {where} AND named=1 AND {_LIVE}",
             (now, *args),
         ).rowcount
+        if task_name is None or (not deleted and _may_be_generated(task_name)):
+            deleted += conn.execute(
+                f"DELETE FROM tasks WHERE {where} AND named=0 AND {_LIVE}",  # noqa: S608
+                args,
+            ).rowcount
         return int(deleted)
 
     def make_due(self, queue_name: str, task_name: str, now: float) -> bool:
         """Set a pending task's ETA to ``now``; True if it was pending."""
+        args = (now, queue_name, task_name)
         changed = self._conn.execute(
-            "UPDATE tasks SET eta=? WHERE queue=? AND name=? AND state='pending'",
-            (now, queue_name, task_name),
+            "UPDATE tasks SET eta=? WHERE queue=? AND name=? AND named=1 AND state='pending'", args
         ).rowcount
+        if not changed and _may_be_generated(task_name):
+            changed = self._conn.execute(
+                "UPDATE tasks SET eta=? WHERE queue=? AND name=? AND named=0 AND state='pending'",
+                args,
+            ).rowcount
         return bool(changed)
 
     # -- leasing and finishing ---------------------------------------------------------------
@@ -566,21 +653,27 @@ class TaskStore:
 
     @staticmethod
     def _check_or_create(conn: sqlite3.Connection, path: str) -> None:
-        """Inside the opening transaction: refuse a foreign database, create an empty one's schema.
+        """Inside the opening transaction: refuse a foreign database, create or migrate ours.
 
         A zero-length or missing file is a new database. A SQLite database with no schema and
-        ``user_version`` 0 (freshly created by another tool) is adopted too.
+        ``user_version`` 0 (freshly created by another tool) is adopted too. A file of schema
+        version 1 (written by an earlier release) is migrated to version 2 in this same
+        transaction, and only when its schema is exactly version 1's; concurrent openers wait
+        for the transaction and then find version 2.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         objects = {
-            (row["type"], row["name"])
-            for row in conn.execute("SELECT type, name FROM sqlite_master")
+            (row["type"], row["name"]): row["sql"]
+            for row in conn.execute("SELECT type, name, sql FROM sqlite_master")
             if not str(row["name"]).startswith("sqlite_")
         }
         if not objects and version == 0:
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        if version == 1 and _same_schema(objects, _V1_SCHEMA):
+            _migrate_from_v1(conn)
             return
         if version != SCHEMA_VERSION or ("table", "tasks") not in objects:
             tables = sorted(name for kind, name in objects if kind == "table")
