@@ -40,9 +40,8 @@ class Database:
     connect: Callable[[], Any]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    """A fresh database of each kind: a SQLite file, and a database on the PostgreSQL server."""
+def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A fresh database of the kind ``request.param`` names (for a parametrized fixture)."""
     if request.param == "sqlite":
         path = tmp_path / "app.sqlite3"
         return Database("sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path))
@@ -51,6 +50,12 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
     name = server.create_database()
     return Database("postgresql", server.url(name), lambda: psycopg.connect(server.dsn(name)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """A fresh database of each kind: a SQLite file, and a database on the PostgreSQL server."""
+    return make_database(request, tmp_path)
 
 
 @dataclass
