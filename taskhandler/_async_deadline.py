@@ -3,7 +3,8 @@
 The policy -- deadline lengths, :func:`~taskhandler.deadline.resolve_deadline`,
 :func:`~taskhandler.deadline.check_deadline` -- is in :mod:`taskhandler.deadline`; this
 module delivers ``DeadlineExceededError`` into an async handler. It starts no thread and
-installs nothing: each deadline is one timer on the running loop, made when it runs.
+installs nothing: each deadline is one timer on the running loop, made when the handler
+first waits (a handler that never waits needs no waking).
 
 An async handler runs on the event loop; injecting an exception from another thread could
 land in the loop's own code, so no watchdog thread is involved. :class:`AsyncArmed` drives
@@ -39,8 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from .deadline import _DONE, _HARD, _SOFT, _current
 from .exceptions import DeadlineExceededError
@@ -136,77 +138,80 @@ class AsyncArmed:
             end = self._clock()
         return end - self.started_at
 
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """Run ``awaitable`` (a coroutine) under this deadline; return its result.
+    def run(self, awaitable: Awaitable[T]) -> Awaitable[T]:
+        """Run ``awaitable`` (a coroutine) under this deadline: ``await armed.run(coro)``.
 
-        Raises whatever it raises, ``DeadlineExceededError`` included. Usable once.
+        Returns its result; raises whatever it raises, ``DeadlineExceededError`` included.
+        Usable once.
         """
         if self._started:
             raise RuntimeError("an AsyncArmed runs one awaitable")
         self._started = True
-        self._loop = asyncio.get_running_loop()
+        return self._drive(awaitable)
+
+    # The awaiting task calls this generator's send()/throw(); it forwards to the handler.
+    # No timer until the handler first waits: one that never does needs no waking.
+    @types.coroutine
+    def _drive(self, awaitable: Awaitable[T]) -> Generator[Any, Any, T]:
         self._task = asyncio.current_task()
         cancelling = getattr(self._task, "cancelling", None)
         self._task_cancels = cancelling() if cancelling is not None else 0
         token = _current.set(self)
-        self._schedule()
+        clock = self._clock
+        it: Any = awaitable.__await__()
+        value: Any = None
+        error: BaseException | None = None
         try:
-            return await _Driven(self, awaitable)
+            while True:
+                started = clock()
+                try:
+                    yielded = it.send(value) if error is None else it.throw(error)
+                except StopIteration as stop:
+                    self._step_took(clock() - started)
+                    result: T = stop.value
+                    return result
+                except BaseException:
+                    self._step_took(clock() - started)
+                    raise
+                now = clock()
+                self._step_took(now - started)
+                value = error = None
+                if self._is_due(now):
+                    # Deliver at this await: cancel what it waits on, raise there instead.
+                    cancel = getattr(yielded, "cancel", None)
+                    if cancel is not None:
+                        cancel()
+                    error = self._deliver()
+                    continue
+                if self._timer is None:
+                    self._schedule()  # the handler waits: wake it when the deadline comes
+                self._waiting = yielded
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    it.close()
+                    raise
+                except BaseException as exc:  # forwarded to the handler below
+                    error = exc
+                finally:
+                    self._waiting = None
+                if (
+                    isinstance(error, asyncio.CancelledError)
+                    and yielded is self._cancelled_waiter
+                    and not self._cancelled_from_outside()
+                ):
+                    # The cancellation is ours (the deadline): turn it into the deadline error.
+                    self._cancelled_waiter = None
+                    error = self._deliver()
+                elif error is None and yielded is None and self._is_due(clock()):
+                    error = self._deliver()
         finally:
-            self._ended_at = self._clock()
+            self._ended_at = clock()
             self._phase = _DONE
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             _current.reset(token)
-
-    # The coroutine's task calls this generator's send()/throw(); it forwards to the handler.
-    def _drive(self, awaitable: Awaitable[T]) -> Generator[Any, Any, T]:
-        it: Any = awaitable.__await__()
-        value: Any = None
-        error: BaseException | None = None
-        clock = self._clock
-        while True:
-            started = clock()
-            try:
-                yielded = it.send(value) if error is None else it.throw(error)
-            except StopIteration as stop:
-                self._step_took(clock() - started)
-                result: T = stop.value
-                return result
-            except BaseException:
-                self._step_took(clock() - started)
-                raise
-            now = clock()
-            self._step_took(now - started)
-            value = error = None
-            if self._is_due(now):
-                # Deliver at this await: cancel what it waits on, raise there instead.
-                cancel = getattr(yielded, "cancel", None)
-                if cancel is not None:
-                    cancel()
-                error = self._deliver()
-                continue
-            self._waiting = yielded
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                it.close()
-                raise
-            except BaseException as exc:  # forwarded to the handler below
-                error = exc
-            finally:
-                self._waiting = None
-            if (
-                isinstance(error, asyncio.CancelledError)
-                and yielded is self._cancelled_waiter
-                and not self._cancelled_from_outside()
-            ):
-                # The cancellation is ours (the deadline): turn it into the deadline error.
-                self._cancelled_waiter = None
-                error = self._deliver()
-            elif error is None and yielded is None and self._is_due(clock()):
-                error = self._deliver()
 
     def _step_took(self, seconds: float) -> None:
         if seconds > self.longest_step:
@@ -232,8 +237,10 @@ class AsyncArmed:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._phase == _DONE or self._loop is None:
+        if self._phase == _DONE or self._task is None:
             return
+        if self._loop is None:
+            self._loop = self._task.get_loop()
         at = self.soft_at if self._phase == _SOFT else self.hard_at
         self._timer = self._loop.call_later(max(0.0, at - self._clock()), self._on_due)
 
@@ -268,17 +275,6 @@ class AsyncArmed:
 
     def __repr__(self) -> str:
         return f"<AsyncArmed remaining={self.remaining():.3f}s fired={self.fired}>"
-
-
-class _Driven(Generic[T]):
-    __slots__ = ("_armed", "_awaitable")
-
-    def __init__(self, armed: AsyncArmed, awaitable: Awaitable[T]) -> None:
-        self._armed = armed
-        self._awaitable = awaitable
-
-    def __await__(self) -> Generator[Any, Any, T]:
-        return self._armed._drive(self._awaitable)
 
 
 def arm_async(

@@ -26,6 +26,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -174,10 +175,16 @@ class TaskMiddleware(MiddlewareBase):
 
 
 class _Names(NamedTuple):
-    """The header names of note: task headers in any spelling, ``_`` forwarding spellings."""
+    """A request's header names, sorted once per set of names."""
 
     task: frozenset[bytes]
+    """Task headers in any spelling."""
     odd: frozenset[bytes]
+    """``_`` spellings of forwarding headers: never read, always removed."""
+    spelled: Mapping[bytes, str]
+    """Each of those -> its name lower case with ``_`` spelled ``-`` (``x-appengine-taskname``)."""
+    present: frozenset[str]
+    """Every name lower case as sent: a header not among them is not looked for."""
 
     @property
     def marked(self) -> bool:
@@ -194,20 +201,30 @@ def _classify_names(names: frozenset[bytes]) -> _Names:
     """Sort a request's header names; a server sends the same names request after request."""
     task: set[bytes] = set()
     odd: set[bytes] = set()
+    spelled: dict[bytes, str] = {}
+    present: set[str] = set()
     for name in names:
         lowered = _text(name).lower()
+        present.add(lowered)
         folded = lowered.replace("_", "-")
         if folded.startswith(TASK_HEADER_PREFIXES):
             task.add(name)
+            spelled[name] = folded
         elif folded in FORWARDING_HEADERS and folded != lowered:
             odd.add(name)  # x_forwarded_for: never read, always removed
-    return _Names(frozenset(task), frozenset(odd))
+            spelled[name] = folded
+    return _Names(frozenset(task), frozenset(odd), MappingProxyType(spelled), frozenset(present))
 
 
 def _names(scope: Scope) -> _Names:
-    if not isinstance(scope["headers"], list | tuple):  # ASGI promises an iterable only
-        scope["headers"] = list(scope["headers"])
-    names = frozenset(bytes(name) for name, _ in scope["headers"])
+    headers = scope["headers"]
+    if not isinstance(headers, list | tuple):  # ASGI promises an iterable only
+        headers = scope["headers"] = list(headers)
+    try:
+        names = frozenset([name for name, _ in headers])
+    except TypeError:  # a bytearray name: the scope gets a list of hashable ones
+        headers = scope["headers"] = [(bytes(name), value) for name, value in headers]
+        names = frozenset([name for name, _ in headers])
     if sum(map(len, names)) > _MAX_CACHED_NAMES:  # a request like no other: not kept
         return _classify_names.__wrapped__(names)
     return _classify_names(names)
@@ -222,28 +239,26 @@ def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> 
     if names is None:
         names = _names(scope)
     path, path_error = _text_path(scope)
+    root = scope.get("root_path") or ""
     below = _app_path(scope)
     if below and not below.startswith("/"):
         # A root_path cut mid-segment (/xadmin -> admin): no rule would see the routed path.
         path_error = "request path below the mount prefix does not start with '/'"
-    own_root = _own_root_path(app)
-    prefixes = tuple(
-        p for p in (scope.get("root_path") or "", own_root) if isinstance(p, str) and p
-    )
+    prefixes = tuple(p for p in (root, _own_root_path(app)) if isinstance(p, str) and p)
     headers = scope["headers"]
+    task, spelled = names.task, names.spelled
+    client = scope.get("client")
     return RequestView(
-        peer=scope["client"][0] if scope.get("client") else None,
-        method=scope.get("method", "GET"),
-        scheme=scope.get("scheme", "http"),
-        host=_host(scope),
-        path=path,
-        path_error=path_error,
-        prefixes=prefixes,
-        query_string=_text(scope.get("query_string", b"")),
-        headers=_Headers(headers),
-        task_headers=tuple(
-            (_header_name(n), _text(v)) for n, v in headers if bytes(n) in names.task
-        ),
+        client[0] if client else None,
+        scope.get("method", "GET"),
+        scope.get("scheme", "http"),
+        _host(scope),
+        path,
+        path_error,
+        prefixes,
+        _text(scope.get("query_string", b"")),
+        _Headers(headers, names.present),
+        tuple((spelled[n], _text(v)) for n, v in headers if n in task) if task else (),
     )
 
 
@@ -308,13 +323,15 @@ def _cookies(header: str) -> dict[str, str]:
 class _Headers(Mapping[str, str]):
     """The scope's headers by lower-case name, exact spelling, copies joined with ``,``.
 
-    Grouped on first use, in one pass however many lines came.
+    Grouped on first use, in one pass however many lines came. Given the request's names
+    (``present``), a name it does not carry is answered without grouping.
     """
 
-    __slots__ = ("_grouped", "_headers")
+    __slots__ = ("_grouped", "_headers", "_present")
 
-    def __init__(self, headers: Any) -> None:
+    def __init__(self, headers: Any, present: frozenset[str] | None = None) -> None:
         self._headers = headers
+        self._present = present
         self._grouped: dict[str, str] | None = None
 
     def _group(self) -> dict[str, str]:
@@ -326,9 +343,13 @@ class _Headers(Mapping[str, str]):
         return self._grouped
 
     def __getitem__(self, name: str) -> str:
+        if self._present is not None and name not in self._present:
+            raise KeyError(name)
         return self._group()[name]
 
     def get(self, name: str, default: Any = None) -> Any:  # without raising KeyError
+        if self._present is not None and name not in self._present:
+            return default
         return self._group().get(name, default)
 
     def __iter__(self) -> Iterator[str]:
@@ -352,6 +373,8 @@ def _text_path(scope: Scope) -> tuple[str, str | None]:
     root = scope.get("root_path") or ""
     if root and not path.startswith(root):
         path = root + path
+    if path.isascii():  # the usual path: nothing to check
+        return path, None
     if "\ufffd" in path:
         raw = scope.get("raw_path")
         if isinstance(raw, bytes):
@@ -405,15 +428,11 @@ def remove_headers(scope: Scope, names: _Names, strip: bool) -> tuple[str, ...]:
     if not removed:
         return ()
     headers = scope["headers"]
-    scope["headers"] = [(n, v) for n, v in headers if bytes(n) not in removed]
-    stripped = tuple(dict.fromkeys(_header_name(n) for n, _ in headers if bytes(n) in removed))
+    scope["headers"] = [(n, v) for n, v in headers if n not in removed]
+    spelled = names.spelled
+    stripped = tuple(dict.fromkeys(spelled[n] for n, _ in headers if n in removed))
     scope[STRIPPED_KEY] = list(stripped)
     return stripped
-
-
-def _header_name(name: bytes) -> str:
-    """``b"X_AppEngine_QueueName"`` -> ``"x-appengine-queuename"``."""
-    return _text(name).lower().replace("_", "-")
 
 
 async def respond(send: Send, response: Response) -> None:

@@ -280,6 +280,8 @@ class _Headers(Mapping[str, str]):
 
 def _text_path(raw: str) -> tuple[str, str | None]:
     """A PEP 3333 path (bytes as latin-1 text) as UTF-8 text, or the reason it is not."""
+    if raw.isascii():  # the usual path: the same text either way
+        return raw, None
     try:
         return raw.encode("latin-1").decode("utf-8"), None
     except UnicodeError:
