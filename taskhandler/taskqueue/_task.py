@@ -157,6 +157,12 @@ def _flatten(mapping: Mapping[Any, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _urlencode(pairs: list[tuple[str, str]]) -> str:
+    """``urllib.parse.urlencode`` of (str, str) pairs, without its per-pair type checks."""
+    quote = urllib.parse.quote_plus
+    return "&".join(f"{quote(key)}={quote(value)}" for key, value in pairs)
+
+
 def _split_url(url: str) -> tuple[bool, str, str]:
     """Return (uses the queue's default URL, path, query); InvalidUrlError for a bad URL."""
     if not url:
@@ -250,11 +256,15 @@ class Task:
         self._default_url, path, query = _split_url(url or "")
         method_upper = str(method).upper()
         self._method = method_upper
-        header_pairs = [
-            (key, value)
-            for key, value in _flatten(headers or {})
-            if not key.lower().replace("_", "-").startswith(_RESERVED_PREFIXES)
-        ]
+        header_pairs = (
+            [
+                (key, value)
+                for key, value in _flatten(headers)
+                if not key.lower().replace("_", "-").startswith(_RESERVED_PREFIXES)
+            ]
+            if headers
+            else []
+        )
         params = params or {}
         body: bytes | None = None
         if query and params:
@@ -273,7 +283,7 @@ class Task:
                     " instead"
                 )
             if params:
-                body = urllib.parse.urlencode(_flatten(params)).encode("ascii")
+                body = _urlencode(_flatten(params)).encode("ascii")
                 header_pairs = _setdefault(
                     header_pairs, "Content-Type", "application/x-www-form-urlencoded"
                 )
@@ -285,7 +295,7 @@ class Task:
             if payload:
                 body, header_pairs = _convert_payload(payload, header_pairs)
             if params:
-                query = urllib.parse.urlencode(_flatten(params))
+                query = _urlencode(_flatten(params))
             if query:
                 path = f"{path}?{query}"
         elif method_upper == "PULL":
