@@ -171,10 +171,19 @@ def collect(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     Joining is what an HTTP server does with two lines of one header, and a joined value is
     refused by the parser: a task header must arrive exactly once.
     """
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[str, str] = {}
+    repeats: dict[str, list[str]] = {}  # joined once at the end: linear in the lines
     for name, value in pairs:
-        grouped.setdefault(normalize_name(name), []).append(value)
-    return {key: ",".join(values) for key, values in grouped.items()}
+        key = name.lower().replace("_", "-")  # normalize_name(), inline: once per header
+        if key not in grouped:
+            grouped[key] = value
+        elif key in repeats:
+            repeats[key].append(value)
+        else:
+            repeats[key] = [grouped[key], value]
+    for key, values in repeats.items():
+        grouped[key] = ",".join(values)
+    return grouped
 
 
 def describes_a_task(names: Iterable[str]) -> bool:
