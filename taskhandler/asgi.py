@@ -248,17 +248,17 @@ def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> 
     headers = scope["headers"]
     task, spelled = names.task, names.spelled
     client = scope.get("client")
-    return RequestView(
-        client[0] if client else None,
-        scope.get("method", "GET"),
-        scope.get("scheme", "http"),
-        _host(scope),
+    return RequestView(  # by position, in the order of the fields: half the cost
+        client[0] if client else None,  # peer
+        scope.get("method", "GET"),  # method
+        scope.get("scheme", "http"),  # scheme
+        _host(scope),  # host
         path,
         path_error,
         prefixes,
-        _text(scope.get("query_string", b"")),
-        _Headers(headers, names.present),
-        tuple((spelled[n], _text(v)) for n, v in headers if n in task) if task else (),
+        _text(scope.get("query_string", b"")),  # query_string
+        _Headers(headers, names.present),  # headers
+        tuple([(spelled[n], _text(v)) for n, v in headers if n in task]),  # task_headers
     )
 
 

@@ -151,11 +151,12 @@ class _Keys(NamedTuple):
     """``(environ key, header name)`` of every task header."""
     odd: tuple[tuple[str, str], ...]
     """``(environ key, header name)`` of every odd forwarding header spelling."""
-
-    @property
-    def marked(self) -> bool:
-        """Whether the request has a header of either kind."""
-        return bool(self.task or self.odd)
+    marked: bool
+    """Whether the request has a header of either kind."""
+    odd_names: tuple[str, ...]
+    """The names removed from every request (the odd spellings)."""
+    untrusted_names: tuple[str, ...]
+    """The names removed from an untrusted request (the odd spellings and task headers)."""
 
 
 # Forwarding header keys as PEP 3333 servers make them (the only ones ever read).
@@ -182,7 +183,9 @@ def _classify_keys(keys: tuple[str, ...]) -> _Keys:
             task.append((key, name))  # any case, "-" or "_": a gateway may keep dashes
         elif folded in _FORWARDING_KEYS and key != folded:
             odd.append((key, name))  # HTTP_X-Forwarded-For, http_x_forwarded_for: never read
-    return _Keys(tuple(task), tuple(odd))
+    odd_names = tuple(dict.fromkeys(name for _, name in odd))
+    untrusted_names = tuple(dict.fromkeys(name for _, name in odd + task))
+    return _Keys(tuple(task), tuple(odd), bool(task or odd), odd_names, untrusted_names)
 
 
 def _keys(environ: WSGIEnvironment) -> _Keys:
@@ -203,19 +206,19 @@ def request_view(environ: WSGIEnvironment, keys: _Keys | None = None) -> Request
         # gunicorn cuts a SCRIPT_NAME header's prefix mid-segment (/xadmin -> admin), and
         # frameworks route "admin/panel" as "/admin/panel": no rule would see that path.
         path_error = "request path below the mount prefix does not start with '/'"
-    prefix, _ = _text_path(script_name)
-    return RequestView(
-        peer=environ.get("REMOTE_ADDR"),
-        method=environ.get("REQUEST_METHOD", "GET"),
-        scheme=environ.get("wsgi.url_scheme", "http"),
-        host=_host(environ),
-        path=path,
-        path_error=path_error,
-        prefixes=(prefix,) if prefix else (),
-        query_string=environ.get("QUERY_STRING", ""),
-        headers=_Headers(environ),
-        task_headers=tuple((name, environ[key]) for key, name in keys.task),
-        folded=not _drops_underscore_headers(environ.get("SERVER_SOFTWARE", "")),
+    prefix = _text_path(script_name)[0] if script_name else ""
+    return RequestView(  # by position, in the order of the fields: half the cost
+        environ.get("REMOTE_ADDR"),  # peer
+        environ.get("REQUEST_METHOD", "GET"),  # method
+        environ.get("wsgi.url_scheme", "http"),  # scheme
+        _host(environ),  # host
+        path,
+        path_error,
+        (prefix,) if prefix else (),  # prefixes
+        environ.get("QUERY_STRING", ""),  # query_string
+        _Headers(environ),  # headers
+        tuple([(name, environ[key]) for key, name in keys.task]),  # task_headers
+        not _drops_underscore_headers(environ.get("SERVER_SOFTWARE", "")),  # folded
     )
 
 
@@ -305,12 +308,14 @@ def remove_headers(environ: WSGIEnvironment, keys: _Keys, strip: bool) -> tuple[
 
     Returns the removed names, also kept under ``environ["taskhandler.stripped"]``.
     """
-    removed = keys.odd + keys.task if strip else keys.odd
+    if strip:
+        removed, names = keys.odd + keys.task, keys.untrusted_names
+    else:
+        removed, names = keys.odd, keys.odd_names
     if not removed:
         return ()
     for key, _ in removed:
         environ.pop(key, None)
-    names = tuple(dict.fromkeys(name for _, name in removed))
     environ[STRIPPED_KEY] = list(names)
     return names
 
