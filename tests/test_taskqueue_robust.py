@@ -525,8 +525,9 @@ def test_dispatcher_keeps_an_outcome_it_cannot_record(
         queues.append(q)
         taskqueue.add(url="/t", name="first")
         q.start()
-        record = log.wait_for("recording the outcome")
-        assert trouble.reason in record.getMessage()
+        # The outage's one warning names whichever write met it first: recording the
+        # outcome, or (on a busy machine) the dispatcher's next look for due tasks.
+        log.wait_for(trouble.reason)
         assert app.calls == [("first", 0)]
         assert q.counts()["default"]["leased"] == 1  # not lost, not yet marked
         trouble.clear(q)
