@@ -244,7 +244,10 @@ def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> 
     if below and not below.startswith("/"):
         # A root_path cut mid-segment (/xadmin -> admin): no rule would see the routed path.
         path_error = "request path below the mount prefix does not start with '/'"
-    prefixes = tuple(p for p in (root, _own_root_path(app)) if isinstance(p, str) and p)
+    own_root = _own_root_path(app)
+    prefixes = (
+        tuple(p for p in (root, own_root) if isinstance(p, str) and p) if root or own_root else ()
+    )
     headers = scope["headers"]
     task, spelled = names.task, names.spelled
     client = scope.get("client")
@@ -554,7 +557,7 @@ async def run_task(
     message = start[0]
     status = int(message.get("status", 500))
     headers = list(message.get("headers", ()))
-    declared = next((_text(v) for n, v in headers if n.lower() == _OUTCOME_NAME), None)
+    declared = _declared_outcome(headers)
     outcome = outcome_of_answer(ctx, status, declared, armed, path)
     if declared is None:
         headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
@@ -573,6 +576,14 @@ async def run_task(
     for other in rest:
         if other["type"] != "http.response.body":
             await send(other)  # trailers and the like, after the body
+
+
+def _declared_outcome(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The app's own ``X-Task-Outcome``, if it set one."""
+    for name, value in headers:
+        if name.lower() == _OUTCOME_NAME:
+            return _text(value)
+    return None
 
 
 def _log_path(scope: Scope) -> str:
@@ -703,7 +714,7 @@ def _with_outcome(send: Send) -> Send:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
-            if not any(name.lower() == _OUTCOME_NAME for name, _ in headers):
+            if _declared_outcome(headers) is None:
                 outcome = outcome_for_status(int(message["status"]))
                 headers.append((_OUTCOME_NAME, outcome.encode("latin-1")))
                 message = {**message, "headers": headers}

@@ -409,12 +409,23 @@ def run_task(
     except ValueError:
         status = 500
         status_text = status_line(500)
-    declared = next((v for n, v in headers if n.lower() == OUTCOME_HEADER.lower()), None)
+    declared = _declared_outcome(headers)
     outcome = outcome_of_answer(ctx, status, declared, armed, path)
     if declared is None:
         headers = [*headers, (OUTCOME_HEADER, outcome)]
     start_response(status_text, headers)
     return body if len(body) == 1 else [b"".join(body)]
+
+
+_OUTCOME_NAME = OUTCOME_HEADER.lower()
+
+
+def _declared_outcome(headers: list[tuple[str, str]]) -> str | None:
+    """The app's own ``X-Task-Outcome``, if it set one."""
+    for name, value in headers:
+        if name.lower() == _OUTCOME_NAME:
+            return value
+    return None
 
 
 def _log_path(environ: WSGIEnvironment) -> str:
@@ -508,7 +519,7 @@ def _with_outcome(start_response: StartResponse) -> StartResponse:
 
     def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         code = int(status.split(" ", 1)[0])
-        if not any(name.lower() == OUTCOME_HEADER.lower() for name, _ in headers):
+        if _declared_outcome(headers) is None:
             headers = [*headers, (OUTCOME_HEADER, outcome_for_status(code))]
         return start_response(status, headers, exc_info)
 
