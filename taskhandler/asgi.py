@@ -26,7 +26,6 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
-from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -175,59 +174,70 @@ class TaskMiddleware(MiddlewareBase):
 
 
 class _Names(NamedTuple):
-    """A request's header names, sorted once per set of names."""
+    """A request's header names in the order sent, sorted once per list of names."""
 
-    task: frozenset[bytes]
-    """Task headers in any spelling."""
-    odd: frozenset[bytes]
-    """``_`` spellings of forwarding headers: never read, always removed."""
-    spelled: Mapping[bytes, str]
-    """Each of those -> its name lower case with ``_`` spelled ``-`` (``x-appengine-taskname``)."""
+    task: tuple[tuple[int, str], ...]
+    """``(position, header name)`` of every task header in any spelling, the name lower case
+    with ``_`` spelled ``-``."""
+    odd: tuple[tuple[int, str], ...]
+    """``(position, header name)`` of every ``_`` spelling of a forwarding header."""
+    marked: bool
+    """Whether the request has a header of either kind."""
     present: frozenset[str]
     """Every name lower case as sent: a header not among them is not looked for."""
+    odd_names: tuple[str, ...]
+    """The names removed from every request (the odd spellings)."""
+    untrusted_names: tuple[str, ...]
+    """The names removed from an untrusted request (the odd spellings and task headers)."""
+    kept: tuple[int, ...]
+    """The positions of the headers every request keeps."""
+    kept_if_untrusted: tuple[int, ...]
+    """The positions of the headers an untrusted request keeps."""
 
-    @property
-    def marked(self) -> bool:
-        """Whether the request has a header of either kind."""
-        return bool(self.task or self.odd)
 
-
-# The cache holds at most 512 sets of names of at most this many bytes in all.
+# The cache holds at most 512 lists of names of at most this many bytes in all.
 _MAX_CACHED_NAMES = 4096
 
 
 @functools.lru_cache(maxsize=512)
-def _classify_names(names: frozenset[bytes]) -> _Names:
+def _classify_names(names: tuple[bytes, ...]) -> _Names:
     """Sort a request's header names; a server sends the same names request after request."""
-    task: set[bytes] = set()
-    odd: set[bytes] = set()
-    spelled: dict[bytes, str] = {}
+    task: list[tuple[int, str]] = []
+    odd: list[tuple[int, str]] = []
     present: set[str] = set()
-    for name in names:
+    for position, name in enumerate(names):
         lowered = _text(name).lower()
         present.add(lowered)
         folded = lowered.replace("_", "-")
         if folded.startswith(TASK_HEADER_PREFIXES):
-            task.add(name)
-            spelled[name] = folded
+            task.append((position, folded))
         elif folded in FORWARDING_HEADERS and folded != lowered:
-            odd.add(name)  # x_forwarded_for: never read, always removed
-            spelled[name] = folded
-    return _Names(frozenset(task), frozenset(odd), MappingProxyType(spelled), frozenset(present))
+            odd.append((position, folded))  # x_forwarded_for: never read, always removed
+    odd_at = {position for position, _ in odd}
+    untrusted_at = odd_at | {position for position, _ in task}
+    return _Names(
+        tuple(task),
+        tuple(odd),
+        bool(task or odd),
+        frozenset(present),
+        tuple(dict.fromkeys(name for _, name in odd)),
+        tuple(dict.fromkeys(name for _, name in sorted(odd + task))),
+        tuple(p for p in range(len(names)) if p not in odd_at),
+        tuple(p for p in range(len(names)) if p not in untrusted_at),
+    )
 
 
 def _names(scope: Scope) -> _Names:
     headers = scope["headers"]
     if not isinstance(headers, list | tuple):  # ASGI promises an iterable only
         headers = scope["headers"] = list(headers)
-    try:
-        names = frozenset([name for name, _ in headers])
-    except TypeError:  # a bytearray name: the scope gets a list of hashable ones
-        headers = scope["headers"] = [(bytes(name), value) for name, value in headers]
-        names = frozenset([name for name, _ in headers])
+    names = tuple([name for name, _ in headers])
     if sum(map(len, names)) > _MAX_CACHED_NAMES:  # a request like no other: not kept
         return _classify_names.__wrapped__(names)
-    return _classify_names(names)
+    try:
+        return _classify_names(names)
+    except TypeError:  # a bytearray name, which cannot be a cache key
+        return _classify_names.__wrapped__(names)
 
 
 def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> RequestView:
@@ -249,7 +259,6 @@ def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> 
         tuple(p for p in (root, own_root) if isinstance(p, str) and p) if root or own_root else ()
     )
     headers = scope["headers"]
-    task, spelled = names.task, names.spelled
     client = scope.get("client")
     return RequestView(  # by position, in the order of the fields: half the cost
         client[0] if client else None,  # peer
@@ -261,7 +270,7 @@ def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> 
         prefixes,
         _text(scope.get("query_string", b"")),  # query_string
         _Headers(headers, names.present),  # headers
-        tuple([(spelled[n], _text(v)) for n, v in headers if n in task]),  # task_headers
+        tuple([(name, _text(headers[at][1])) for at, name in names.task]),  # task_headers
     )
 
 
@@ -415,7 +424,8 @@ def _host(scope: Scope) -> str:
 
 
 def _text(value: bytes) -> str:
-    return bytes(value).decode("latin-1")
+    # bytes() only for what is not bytes already (a bytearray, a memoryview).
+    return (value if type(value) is bytes else bytes(value)).decode("latin-1")
 
 
 # -- decision -> scope and response -------------------------------------------------------
@@ -427,15 +437,16 @@ def remove_headers(scope: Scope, names: _Names, strip: bool) -> tuple[str, ...]:
     The scope gets a new header list (the caller's is left as it was). Returns the removed
     names, also kept under ``scope["taskhandler.stripped"]``.
     """
-    removed = names.odd | names.task if strip else names.odd
+    if strip:
+        removed, kept = names.untrusted_names, names.kept_if_untrusted
+    else:
+        removed, kept = names.odd_names, names.kept
     if not removed:
         return ()
     headers = scope["headers"]
-    scope["headers"] = [(n, v) for n, v in headers if n not in removed]
-    spelled = names.spelled
-    stripped = tuple(dict.fromkeys(spelled[n] for n, _ in headers if n in removed))
-    scope[STRIPPED_KEY] = list(stripped)
-    return stripped
+    scope["headers"] = [headers[at] for at in kept]
+    scope[STRIPPED_KEY] = list(removed)
+    return removed
 
 
 async def respond(send: Send, response: Response) -> None:
