@@ -266,11 +266,11 @@ class _Headers(Mapping[str, str]):
         self._environ = environ
 
     def __getitem__(self, name: str) -> str:
-        value: str = self._environ["HTTP_" + name.upper().replace("-", "_")]
+        value: str = self._environ[_environ_key(name)]
         return value
 
     def get(self, name: str, default: Any = None) -> Any:  # without raising KeyError
-        return self._environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+        return self._environ.get(_environ_key(name), default)
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
@@ -279,6 +279,12 @@ class _Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+@functools.lru_cache(maxsize=64)  # the names the steps look up: a few constants
+def _environ_key(name: str) -> str:
+    """``x-forwarded-for`` -> ``HTTP_X_FORWARDED_FOR``."""
+    return "HTTP_" + name.upper().replace("-", "_")
 
 
 def _text_path(raw: str) -> tuple[str, str | None]:
