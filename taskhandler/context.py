@@ -59,8 +59,8 @@ class TaskContext(BaseModel):
     @field_validator("eta")
     @classmethod
     def _aware_utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is timezone.utc:  # as parsed from a header
+            return value
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("eta must be timezone-aware")
         return value.astimezone(timezone.utc)
