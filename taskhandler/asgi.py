@@ -199,9 +199,23 @@ class _Names(NamedTuple):
 _MAX_CACHED_NAMES = 4096
 
 
+class _NotKept(Exception):
+    """Names too long in all for the cache (an exception: lru_cache never keeps one)."""
+
+
 @functools.lru_cache(maxsize=512)
 def _classify_names(names: tuple[bytes, ...]) -> _Names:
-    """Sort a request's header names; a server sends the same names request after request."""
+    """Sort a request's header names; a server sends the same names request after request.
+
+    Measured only when the cache does not know them: too long in all, they are not kept.
+    """
+    if sum(map(len, names)) > _MAX_CACHED_NAMES:
+        raise _NotKept
+    return _sort_names(names)
+
+
+def _sort_names(names: tuple[bytes, ...]) -> _Names:
+    """The names of note among a request's (see :class:`_Names`)."""
     task: list[tuple[int, str]] = []
     odd: list[tuple[int, str]] = []
     present: set[str] = set()
@@ -232,12 +246,10 @@ def _names(scope: Scope) -> _Names:
     if not isinstance(headers, list | tuple):  # ASGI promises an iterable only
         headers = scope["headers"] = list(headers)
     names = tuple([name for name, _ in headers])
-    if sum(map(len, names)) > _MAX_CACHED_NAMES:  # a request like no other: not kept
-        return _classify_names.__wrapped__(names)
     try:
         return _classify_names(names)
-    except TypeError:  # a bytearray name, which cannot be a cache key
-        return _classify_names.__wrapped__(names)
+    except (_NotKept, TypeError):  # a request like no other, or a bytearray name: not kept
+        return _sort_names(names)
 
 
 def request_view(scope: Scope, app: Any = None, names: _Names | None = None) -> RequestView:

@@ -165,13 +165,27 @@ _FORWARDING_KEYS = frozenset(
 )
 
 
-# The cache holds at most 512 sets of names of at most this many characters in all.
+# The cache holds at most 512 lists of names of at most this many characters in all.
 _MAX_CACHED_NAMES = 4096
+
+
+class _NotKept(Exception):
+    """Names too long in all for the cache (an exception: lru_cache never keeps one)."""
 
 
 @functools.lru_cache(maxsize=512)
 def _classify_keys(keys: tuple[str, ...]) -> _Keys:
-    """Sort an environ's keys; a server sends the same names request after request."""
+    """Sort an environ's keys; a server sends the same names request after request.
+
+    Measured only when the cache does not know them: too long in all, they are not kept.
+    """
+    if sum(map(len, keys)) > _MAX_CACHED_NAMES:
+        raise _NotKept
+    return _sort_keys(keys)
+
+
+def _sort_keys(keys: tuple[str, ...]) -> _Keys:
+    """The keys of note among an environ's (see :class:`_Keys`)."""
     task: list[tuple[str, str]] = []
     odd: list[tuple[str, str]] = []
     for key in keys:
@@ -190,9 +204,10 @@ def _classify_keys(keys: tuple[str, ...]) -> _Keys:
 
 def _keys(environ: WSGIEnvironment) -> _Keys:
     keys = tuple(environ)
-    if sum(map(len, keys)) > _MAX_CACHED_NAMES:  # an environ like no other: not kept
-        return _classify_keys.__wrapped__(keys)
-    return _classify_keys(keys)
+    try:
+        return _classify_keys(keys)
+    except _NotKept:  # an environ like no other: sorted, not kept
+        return _sort_keys(keys)
 
 
 def request_view(environ: WSGIEnvironment, keys: _Keys | None = None) -> RequestView:
