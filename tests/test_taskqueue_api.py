@@ -77,7 +77,11 @@ ADD_ERRORS = [
         id="GET with query string and params",
     ),
     pytest.param({"method": "PATCH"}, taskqueue.InvalidTaskError, id="unknown method"),
-    pytest.param({"method": "PULL", "payload": "x"}, taskqueue.InvalidTaskError, id="pull task"),
+    pytest.param(
+        {"method": "PULL", "payload": "x"},
+        taskqueue.InvalidQueueModeError,
+        id="pull task to a push queue",
+    ),
     pytest.param(
         {"countdown": 5, "eta": _utc(NOW + 5)},
         taskqueue.InvalidTaskError,
@@ -438,12 +442,12 @@ def test_delete_and_purge(queue: LocalTaskQueue) -> None:
 
 
 def test_extract_params() -> None:
-    """Task.extract_params reads the body for POST and the query for GET, lists for repeats."""
+    """Task.extract_params reads the body for POST and the query for GET; values are bytes."""
     with taskqueue.use(None):
         post = Task(url="/x", params={"a": "1", "b": ["2", "3"]})
         get = Task(url="/x?a=1&a=2", method="GET")
-    assert post.extract_params() == {"a": "1", "b": ["2", "3"]}
-    assert get.extract_params() == {"a": ["1", "2"]}
+    assert post.extract_params() == {"a": b"1", "b": [b"2", b"3"]}
+    assert get.extract_params() == {"a": [b"1", b"2"]}
 
 
 # -- the same calls through App Engine's own library ----------------------------------------

@@ -1,6 +1,7 @@
-"""Queue files of schema version 1 (earlier releases) are migrated to version 2 when opened.
+"""Queue files of schema version 1 (earlier releases) are migrated to the current one when opened.
 
-Version 2 keeps only named tasks in the name index; unnamed tasks' generated names are unique
+Version 2 keeps only named tasks in the name index (version 3 adds pull tasks' tags, see
+tests/test_taskqueue_migration_v3.py); unnamed tasks' generated names are unique
 by construction. The version-1 files here are real SQLite files built with the DDL of the
 release before (copied below as it was), filled with the rows that release wrote: live named
 tasks, tombstones, an unnamed task, an interrupted delivery. Eight processes migrate the same
@@ -163,18 +164,19 @@ def open_queue(path: Path, app: object | None = None) -> LocalTaskQueue:
 
 
 def test_version_1_file_is_migrated_with_every_row(tmp_path: Path) -> None:
-    """Opening a version-1 file rewrites it as version 2; every row survives unchanged."""
+    """Opening a version-1 file rewrites it as version 3; every row survives unchanged."""
     db = tmp_path / "v1.sqlite3"
     make_v1_file(db)
     before = rows_of(db)
     with open_queue(db):
         pass
     version, objects = schema_of(db)
-    assert version == 2
+    assert version == 3
     assert [(t, n) for t, n, _ in objects] == [
         ("table", "tasks"),
         ("index", "tasks_by_name"),
         ("index", "tasks_by_state"),
+        ("index", "tasks_by_tag"),
     ]
     assert "WHERE named = 1" in objects[1][2]
     assert "UNIQUE" not in objects[0][2]
@@ -249,7 +251,7 @@ def test_migrated_tasks_are_delivered_and_deletable(tmp_path: Path) -> None:
 
 
 def test_migrated_file_opens_again_without_change(tmp_path: Path) -> None:
-    """A second open of a migrated file finds version 2 and leaves the schema alone."""
+    """A second open of a migrated file finds version 3 and leaves the schema alone."""
     db = tmp_path / "v1.sqlite3"
     make_v1_file(db)
     with open_queue(db):
@@ -340,7 +342,7 @@ def test_processes_migrating_one_file_at_once_all_succeed(tmp_path: Path) -> Non
     live_ids = {row[0] for row in before if row[4] in ("pending", "leased")}
     for r in range(rounds):
         db = tmp_path / f"round-{r}.sqlite3"
-        assert schema_of(db)[0] == 2, f"round {r}"
+        assert schema_of(db)[0] == 3, f"round {r}"
         rows = rows_of(db)
         assert live_ids <= {row[0] for row in rows}, f"round {r}"
         added = [row for row in rows if row[0] not in old_ids]

@@ -8,20 +8,31 @@ interface lives in ``_backend``, the rules shared with ``Task.add`` in ``_enqueu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, overload
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 
 from ._backend import NewTask as NewTask
 from ._backend import TaskQueueBackend as TaskQueueBackend
 from ._backend import current_backend as current_backend
 from ._backend import now as now
+from ._backend import pull_backend
 from ._backend import use as use
 from ._enqueue import MAX_TASKS_PER_ADD as MAX_TASKS_PER_ADD
 from ._enqueue import MAX_TRANSACTIONAL_TASKS as MAX_TRANSACTIONAL_TASKS
 from ._enqueue import AddResult as AddResult
 from ._enqueue import add_tasks, check_queue_name
 from ._enqueue import transaction as transaction
-from ._task import DEFAULT_QUEUE, Task
+from ._errors import (
+    BadTaskStateError,
+    DuplicateTaskNameError,
+    Error,
+    InvalidDeadlineError,
+    InvalidLeaseTimeError,
+    InvalidMaxTasksError,
+)
+from ._task import DEFAULT_QUEUE, MAX_LEASE_SECONDS, MAX_TASKS_PER_LEASE, Task
+
+T = TypeVar("T")
 
 
 class Queue:
@@ -109,34 +120,175 @@ class Queue:
         )
         return result
 
-    def delete_tasks_by_name(self, task_name: str | Sequence[str]) -> Any:
-        """Delete pending tasks by name; return the deleted :class:`Task` stand-ins.
+    # -- deleting ------------------------------------------------------------------------------
 
-        Returns one ``Task`` (or a list, if a list was given) whose ``was_deleted`` tells
-        whether a pending task of that name existed.
+    def delete_tasks_by_name(self, task_name: str | Iterable[str]) -> Any:
+        """Delete tasks by name; return ``Task`` stand-ins whose ``was_deleted`` says which were.
+
+        A name given as a string returns one ``Task``; an iterable of names, a list.
+        ``was_deleted`` is False for names unknown or already deleted.
+
+        Raises:
+            InvalidTaskNameError: a name is not a valid task name.
+            DuplicateTaskNameError: a name is given twice.
+            UnknownQueueError: the queue is not declared.
         """
-        names = [task_name] if isinstance(task_name, str) else list(task_name)
-        backend = current_backend()
-        out: list[Task] = []
-        for name in names:
-            stand_in = Task(name=name)
-            if backend.delete(self._name, name):
-                stand_in._mark_deleted()
-            out.append(stand_in)
-        return out[0] if isinstance(task_name, str) else out
+        if isinstance(task_name, str):
+            return self.delete_tasks(Task(name=task_name))
+        return self.delete_tasks([Task(name=name) for name in task_name])
 
-    def delete_tasks(self, task: Task | Sequence[Task]) -> Task | list[Task]:
-        """Delete the given added tasks; each gets ``was_deleted`` set when it was pending."""
+    def delete_tasks_by_name_async(self, task_name: str | Iterable[str]) -> AddResult[Any]:
+        """Like :meth:`delete_tasks_by_name`; ``get_result()`` on the returned object gives it."""
+        return _settled(lambda: self.delete_tasks_by_name(task_name))
+
+    @overload
+    def delete_tasks(self, task: Task) -> Task: ...
+    @overload
+    def delete_tasks(self, task: Iterable[Task]) -> list[Task]: ...
+
+    def delete_tasks(self, task: Task | Iterable[Task]) -> Task | list[Task]:
+        """Delete tasks of this queue, found by name (pending, leased or running).
+
+        Each task gets ``was_deleted``: True when it was deleted, False when no such task was
+        waiting (unknown, done or deleted before). A named task's name stays reserved
+        (:class:`TombstonedTaskError`) as after it ran. This is how a pull-queue worker says
+        it has finished a leased task.
+
+        Returns:
+            The task or list given.
+
+        Raises:
+            BadTaskStateError: a task has no name, or was already deleted.
+            DuplicateTaskNameError: a name appears twice.
+            UnknownQueueError: the queue is not declared.
+        """
         tasks = [task] if isinstance(task, Task) else list(task)
+        names: set[str] = set()
+        for item in tasks:
+            if not isinstance(item, Task):
+                raise TypeError(f"not a Task: {item!r}")
+            if not item.name:
+                raise BadTaskStateError("A task name must be specified for a task")
+            if item.was_deleted:
+                raise BadTaskStateError(f"The task {item.name} has already been deleted")
+            if item.name in names:
+                raise DuplicateTaskNameError(
+                    f"The task name {item.name!r} is used more than once in the request"
+                )
+            names.add(item.name)
         backend = current_backend()
         for item in tasks:
-            if item.name and backend.delete(self._name, item.name):
-                item._mark_deleted()
+            assert item.name is not None  # checked above
+            item._mark_deleted(backend.delete(self._name, item.name))
         return task if isinstance(task, Task) else tasks
 
+    def delete_tasks_async(self, task: Task | Iterable[Task]) -> AddResult[Any]:
+        """Like :meth:`delete_tasks`; ``get_result()`` on the returned object gives its result."""
+        return _settled(lambda: self.delete_tasks(task))
+
     def purge(self) -> None:
-        """Delete every pending task of this queue."""
+        """Delete every task of this queue (pending, leased or running)."""
         current_backend().purge(self._name)
+
+    # -- pull queues ---------------------------------------------------------------------------
+
+    def lease_tasks(self, lease_seconds: float, max_tasks: int, deadline: float = 10) -> list[Task]:
+        """Lease up to ``max_tasks`` tasks of this pull queue for ``lease_seconds``.
+
+        The tasks whose ETA has come, oldest first; none is leased by anyone else until the
+        lease ends, and a task not deleted by then can be leased again. Each returned task has
+        ``eta`` = when its lease ends and ``retry_count`` = how many times it was leased.
+        A task already leased its ``task_retry_limit`` times is deleted instead.
+
+        Args:
+            lease_seconds: 0 to 604800 (a week).
+            max_tasks: 1 to 1000.
+            deadline: accepted for App Engine's signature (checked, then unused: the call is
+                local).
+
+        Raises:
+            InvalidLeaseTimeError, InvalidMaxTasksError, InvalidDeadlineError: a value out of
+                range (``TypeError`` when not a number, as on App Engine).
+            InvalidQueueModeError: this is a push queue, or the backend has no pull queues
+                (``CloudTasksBackend``; the message says what to use instead).
+            UnknownQueueError: the queue is not declared.
+        """
+        _check_deadline(deadline)
+        return self._lease(lease_seconds, max_tasks, group_by_tag=False, tag=None)
+
+    def lease_tasks_async(self, lease_seconds: float, max_tasks: int) -> AddResult[list[Task]]:
+        """Like :meth:`lease_tasks`; ``get_result()`` on the returned object gives the tasks."""
+        lease_seconds = _check_lease_seconds(lease_seconds)
+        _check_max_tasks(max_tasks)
+        return _settled(lambda: self._lease(lease_seconds, max_tasks, group_by_tag=False))
+
+    def lease_tasks_by_tag(
+        self,
+        lease_seconds: float,
+        max_tasks: int,
+        tag: str | bytes | None = None,
+        deadline: float = 10,
+    ) -> list[Task]:
+        """Like :meth:`lease_tasks`, only tasks of one tag: ``tag``, or the oldest task's tag.
+
+        With ``tag=None`` the tag of the oldest available task is used (untagged tasks if it
+        has none), so workers can take batches of like tasks without knowing the tags.
+        """
+        _check_deadline(deadline)
+        return self._lease(lease_seconds, max_tasks, group_by_tag=True, tag=tag)
+
+    def lease_tasks_by_tag_async(
+        self, lease_seconds: float, max_tasks: int, tag: str | bytes | None = None
+    ) -> AddResult[list[Task]]:
+        """Like :meth:`lease_tasks_by_tag`; ``get_result()`` on the returned object gives them."""
+        lease_seconds = _check_lease_seconds(lease_seconds)
+        _check_max_tasks(max_tasks)
+        return _settled(lambda: self._lease(lease_seconds, max_tasks, group_by_tag=True, tag=tag))
+
+    def _lease(
+        self,
+        lease_seconds: float,
+        max_tasks: int,
+        *,
+        group_by_tag: bool,
+        tag: str | bytes | None = None,
+    ) -> list[Task]:
+        lease_seconds = _check_lease_seconds(lease_seconds)
+        _check_max_tasks(max_tasks)
+        text_tag = tag.decode("utf-8", "surrogateescape") if isinstance(tag, bytes) else tag
+        leased = pull_backend().lease(
+            self._name, lease_seconds, max_tasks, group_by_tag=group_by_tag, tag=text_tag
+        )
+        return [
+            Task._leased(
+                self._name,
+                name=item.task_name,
+                payload=item.payload,
+                tag=item.tag,
+                eta=item.eta,
+                retry_count=item.retry_count,
+            )
+            for item in leased
+        ]
+
+    def modify_task_lease(self, task: Task, lease_seconds: float) -> None:
+        """Make the lease of a leased ``task`` end ``lease_seconds`` from now (0: end it now).
+
+        The task's ``eta`` is updated to the new end of its lease.
+
+        Raises:
+            InvalidLeaseTimeError: ``lease_seconds`` out of range (``TypeError``: not a number).
+            TaskLeaseExpiredError: the lease had already ended (the task may be another
+                worker's now).
+            TombstonedTaskError: the task was deleted.
+            QueuePausedError: the queue is paused.
+            InvalidQueueModeError: this is a push queue, or the backend has no pull queues.
+        """
+        lease_seconds = _check_lease_seconds(lease_seconds)
+        if not task.name:
+            raise BadTaskStateError("A task name must be specified for a task")
+        eta = pull_backend().modify_lease(self._name, task.name, task.eta_posix, lease_seconds)
+        task._eta_posix = eta
 
     def __repr__(self) -> str:
         return f"Queue<{self._name}>"
@@ -146,6 +298,46 @@ class Queue:
 
     def __hash__(self) -> int:
         return hash(self._name)
+
+
+def _settled(call: Callable[[], T]) -> AddResult[T]:
+    """Run ``call`` now (the local calls are quick); its result or error, for ``get_result()``."""
+    try:
+        return AddResult(call())
+    except Error as exc:
+        return AddResult(error=exc)
+
+
+def _check_lease_seconds(lease_seconds: object) -> float:
+    """App Engine's check: a number from 0 to ``MAX_LEASE_SECONDS``."""
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)):
+        raise TypeError("lease_seconds must be a float or an integer")
+    seconds = float(lease_seconds)
+    if not seconds >= 0.0:  # NaN too
+        raise InvalidLeaseTimeError("lease_seconds must not be negative")
+    if seconds > MAX_LEASE_SECONDS:
+        raise InvalidLeaseTimeError(
+            f"Lease time must not be greater than {MAX_LEASE_SECONDS} seconds"
+        )
+    return seconds
+
+
+def _check_max_tasks(max_tasks: object) -> None:
+    """App Engine's check: an integer from 1 to ``MAX_TASKS_PER_LEASE``."""
+    if isinstance(max_tasks, bool) or not isinstance(max_tasks, int):
+        raise TypeError("max_tasks must be an integer")
+    if max_tasks <= 0:
+        raise InvalidMaxTasksError("Negative or zero tasks requested")
+    if max_tasks > MAX_TASKS_PER_LEASE:
+        raise InvalidMaxTasksError(f"Only {MAX_TASKS_PER_LEASE} tasks can be leased at once")
+
+
+def _check_deadline(deadline: object) -> None:
+    """App Engine's check of a call's ``deadline``: a number above 0."""
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        raise TypeError("deadline must be numeric")
+    if not deadline > 0:
+        raise InvalidDeadlineError("Negative or zero deadline requested")
 
 
 def add(

@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from ._errors import Error
+from ._errors import Error, InvalidQueueModeError
 from ._queue_yaml import RetryParameters
 
-__all__ = ["NewTask", "TaskQueueBackend", "current_backend", "now", "use"]
+__all__ = [
+    "NO_PULL_QUEUES",
+    "LeasedTask",
+    "NewTask",
+    "PullQueueBackend",
+    "TaskQueueBackend",
+    "current_backend",
+    "now",
+    "pull_backend",
+    "use",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class NewTask:
         eta: seconds since the epoch.
         target: the task's own target (the backend applies a queue's ``target`` over it).
         retry: the task's retry options, or ``None``.
+        tag: a pull task's tag, or ``None`` (``method`` is ``"PULL"`` for pull tasks).
+        dispatch_deadline: seconds a push task's handler may take (``dispatch_deadline_usec``
+            converted), or ``None`` for the queue's.
     """
 
     queue_name: str
@@ -45,6 +58,8 @@ class NewTask:
     eta: float
     target: str | None
     retry: RetryParameters | None
+    tag: str | None = None
+    dispatch_deadline: float | None = None
 
 
 @runtime_checkable
@@ -80,6 +95,73 @@ class TaskQueueBackend(Protocol):
     def purge(self, queue_name: str) -> int:
         """Delete every pending task of the queue; return how many."""
         ...
+
+
+@dataclass(frozen=True)
+class LeasedTask:
+    """A pull task a lease returned: plain data (``Queue.lease_tasks`` makes ``Task``s of it).
+
+    Attributes:
+        task_name: its name.
+        payload: its body.
+        tag: its tag, if any.
+        eta: when the lease ends, seconds since the epoch.
+        retry_count: how many times it has been leased, this lease included.
+    """
+
+    task_name: str
+    payload: bytes
+    tag: str | None
+    eta: float
+    retry_count: int
+
+
+@runtime_checkable
+class PullQueueBackend(Protocol):
+    """A backend that also has pull queues (``LocalTaskQueue``); what ``Queue.lease_tasks`` uses."""
+
+    def check_pull_queue(self, queue_name: str) -> None:
+        """Raise ``UnknownQueueError``, or ``InvalidQueueModeError`` for a push queue."""
+        ...
+
+    def lease(
+        self,
+        queue_name: str,
+        lease_seconds: float,
+        max_tasks: int,
+        *,
+        group_by_tag: bool = False,
+        tag: str | None = None,
+    ) -> list[LeasedTask]:
+        """Lease up to ``max_tasks`` available tasks of a pull queue for ``lease_seconds``."""
+        ...
+
+    def modify_lease(
+        self, queue_name: str, task_name: str, eta: float, lease_seconds: float
+    ) -> float:
+        """Move the lease of a task leased until ``eta`` to ``lease_seconds`` from now."""
+        ...
+
+
+NO_PULL_QUEUES = (
+    "{backend} has no pull queues (Google Cloud Tasks has none). Use LocalTaskQueue, whose "
+    "queue.yaml `mode: pull` queues lease tasks as App Engine's did, or move the workers to a "
+    "Cloud Pub/Sub pull subscription (google-cloud-pubsub: publish() instead of add(), "
+    "subscriber.pull() and acknowledge() instead of lease_tasks() and delete_tasks())"
+)
+
+
+def pull_backend() -> PullQueueBackend:
+    """The installed backend, if it has pull queues.
+
+    Raises:
+        InvalidQueueModeError: it has none (``CloudTasksBackend``); the message says what to use.
+        Error: no backend is installed.
+    """
+    backend = current_backend()
+    if not isinstance(backend, PullQueueBackend):
+        raise InvalidQueueModeError(NO_PULL_QUEUES.format(backend=type(backend).__name__))
+    return backend
 
 
 _lock = threading.Lock()

@@ -19,13 +19,14 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._backend import NewTask, current_backend
+from ._backend import NewTask, current_backend, pull_backend
 from ._errors import (
     BadTaskStateError,
     BadTransactionStateError,
     DuplicateTaskNameError,
     Error,
     InvalidQueueNameError,
+    InvalidTaskError,
     InvalidTaskNameError,
     TaskAlreadyExistsError,
     TombstonedTaskError,
@@ -60,6 +61,9 @@ class Addable(Protocol):
 
     @property
     def was_enqueued(self) -> bool: ...
+
+    @property
+    def method(self) -> str: ...
 
     def _record(self, queue_name: str) -> NewTask: ...
 
@@ -203,9 +207,7 @@ class TransactionSink(Protocol):
     def add(self, records: Sequence[NewTask]) -> list[str]: ...
 
 
-_sink: ContextVar[TransactionSink | None] = ContextVar(
-    "taskhandler_transaction_sink", default=None
-)
+_sink: ContextVar[TransactionSink | None] = ContextVar("taskhandler_transaction_sink", default=None)
 
 
 def bind_transaction_sink(sink: TransactionSink | None) -> Token[TransactionSink | None]:
@@ -247,7 +249,10 @@ def _add_transactional(queue_name: str, tasks: Sequence[Addable]) -> None:
         for item, name in zip(tasks, names, strict=True):
             item._mark_enqueued(queue_name, name)
     elif txn is not None:
-        current_backend().check_queue(queue_name)
+        if tasks and tasks[0].method == "PULL":
+            pull_backend().check_pull_queue(queue_name)
+        else:
+            current_backend().check_queue(queue_name)
         txn.pending.extend((queue_name, item) for item in tasks)
 
 
@@ -286,6 +291,8 @@ def add_tasks(
         raise TooManyTasksError(
             f"No more than {MAX_TASKS_PER_ADD} tasks can be added in a single call"
         )
+    if len({item.method == "PULL" for item in tasks}) > 1:
+        raise InvalidTaskError("You cannot add both push and pull tasks in a single call.")
     seen: set[str] = set()
     for item in tasks:
         name = item.name

@@ -97,7 +97,12 @@ class InvalidQueueNameError(InvalidQueueError):
 
 
 class InvalidQueueModeError(Error):
-    """A push task was added to a pull queue."""
+    """A pull operation on a push queue or vice versa.
+
+    A push task added to a pull queue, a pull task added to a push queue, ``lease_tasks`` on
+    a push queue, or any pull operation on a backend without pull queues
+    (``CloudTasksBackend``).
+    """
 
 
 class DuplicateTaskNameError(Error):
@@ -124,22 +129,67 @@ class TransactionalRequestTooLargeError(TaskTooLargeError):
     """The tasks of one transaction are larger than 1 MiB together."""
 
 
+class DatastoreError(Error):
+    """A Datastore error while enqueueing (kept for API compatibility; never raised)."""
+
+
+class InvalidLeaseTimeError(Error):
+    """``lease_seconds`` is negative or longer than a week (``MAX_LEASE_SECONDS``)."""
+
+
+class InvalidMaxTasksError(Error):
+    """``max_tasks`` is not from 1 to 1000 (``MAX_TASKS_PER_LEASE``)."""
+
+
+class InvalidDeadlineError(Error):
+    """The ``deadline`` of a call is zero or negative."""
+
+
+class TaskLeaseExpiredError(Error):
+    """The task's lease could not be changed: it expired, or the task was leased again since."""
+
+
+class QueuePausedError(Error):
+    """The queue is paused and cannot change task leases."""
+
+
+class InvalidTagError(Error):
+    """A pull task's tag is longer than 500 (``MAX_TAG_LENGTH``) or not a string."""
+
+
+class InvalidDispatchDeadlineError(Error):
+    """``dispatch_deadline_usec`` is under 15 seconds or over 24 hours."""
+
+
+BadTransactionState = BadTransactionStateError
+"""App Engine's older name of :class:`BadTransactionStateError`."""
+
+
 __all__ = [
     "BadTaskStateError",
+    "BadTransactionState",
     "BadTransactionStateError",
+    "DatastoreError",
     "DuplicateTaskNameError",
     "Error",
     "InternalError",
+    "InvalidDeadlineError",
+    "InvalidDispatchDeadlineError",
     "InvalidEtaError",
+    "InvalidLeaseTimeError",
+    "InvalidMaxTasksError",
     "InvalidQueueError",
     "InvalidQueueModeError",
     "InvalidQueueNameError",
+    "InvalidTagError",
     "InvalidTaskError",
     "InvalidTaskNameError",
     "InvalidTaskRetryOptionsError",
     "InvalidUrlError",
     "PermissionDeniedError",
+    "QueuePausedError",
     "TaskAlreadyExistsError",
+    "TaskLeaseExpiredError",
     "TaskTooLargeError",
     "TombstonedTaskError",
     "TooManyTasksError",

@@ -26,10 +26,17 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from ..exceptions import ConfigError
-from ._backend import NewTask
+from ._backend import LeasedTask, NewTask
 from ._dispatch import Dispatcher, make_dispatcher
 from ._dispatcher import DispatchLoop
-from ._errors import Error, InvalidQueueModeError, UnknownQueueError
+from ._errors import (
+    Error,
+    InvalidQueueModeError,
+    QueuePausedError,
+    TaskLeaseExpiredError,
+    TombstonedTaskError,
+    UnknownQueueError,
+)
 from ._queue_yaml import QueueConfig, normalize_queues
 from ._scheduler import Scheduler
 from ._store import StoredTask, TaskStore, generated_name, utc
@@ -60,7 +67,9 @@ class QueuedTask:
         execution_count: attempts that reached the app and failed.
         previous_response: the status of the last attempt, if it got one.
         retry_reason: why the last attempt failed.
-        state: ``pending``, or ``leased`` while it is being delivered.
+        state: ``pending``, or ``leased`` while it is being delivered. A pull task is always
+            ``pending``; while a worker holds its lease, ``eta`` is when the lease ends.
+        tag: a pull task's tag, if any.
     """
 
     queue_name: str
@@ -77,10 +86,11 @@ class QueuedTask:
     previous_response: int | None
     retry_reason: str | None
     state: str
+    tag: str | None = None
 
     def extract_params(self) -> dict[str, str | list[str]]:
         """The params: from the form body for POST, from the query string otherwise."""
-        if self.method == "POST":
+        if self.method in ("POST", "PULL"):
             query = self.payload.decode("utf-8", "replace")
         else:
             query = urllib.parse.urlsplit(self.url).query
@@ -112,6 +122,7 @@ class QueuedTask:
             previous_response=task.previous_response,
             retry_reason=task.retry_reason,
             state=task.state,
+            tag=task.tag,
         )
 
 
@@ -233,15 +244,37 @@ class LocalTaskQueue:
         """The queue definitions, name -> :class:`QueueConfig` (a copy)."""
         return dict(self._queues)
 
-    def check_queue(self, queue_name: str) -> None:
-        """UnknownQueueError for an undeclared queue, InvalidQueueModeError for a pull queue."""
+    def _config(self, queue_name: str) -> QueueConfig:
+        """The queue's definition; UnknownQueueError for an undeclared queue."""
         config = self._queues.get(queue_name)
         if config is None:
             raise UnknownQueueError(
                 f"queue {queue_name!r} is not declared (declared: {', '.join(self._queues)})"
             )
-        if config.mode != "push":
-            raise InvalidQueueModeError(f"queue {queue_name!r} is a pull queue")
+        return config
+
+    def check_queue(self, queue_name: str) -> None:
+        """UnknownQueueError for an undeclared queue, InvalidQueueModeError for a pull queue."""
+        if self._config(queue_name).mode != "push":
+            raise InvalidQueueModeError(
+                f"queue {queue_name!r} is a pull queue: only pull tasks (method='PULL') join it"
+            )
+
+    def check_pull_queue(self, queue_name: str) -> None:
+        """UnknownQueueError for an undeclared queue, InvalidQueueModeError for a push queue."""
+        if self._config(queue_name).mode != "pull":
+            raise InvalidQueueModeError(
+                f"queue {queue_name!r} is a push queue: pull tasks and leases need a queue.yaml"
+                " queue with mode: pull"
+            )
+
+    def _check_task(self, task: NewTask) -> QueueConfig:
+        """The queue's definition, if the task may join it (a pull task only a pull queue)."""
+        if task.method == "PULL":
+            self.check_pull_queue(task.queue_name)
+        else:
+            self.check_queue(task.queue_name)
+        return self._queues[task.queue_name]
 
     def enqueue(self, tasks: Sequence[NewTask], *, atomic: bool = False) -> list[str | Error]:
         """Store tasks; for each, the stored task name or the error that refused it.
@@ -253,8 +286,12 @@ class LocalTaskQueue:
             task = tasks[0]
             name = task.task_name or generated_name()
             config = self._queues[task.queue_name]
-            if config.mode == "push" and self._store.insert_new(
-                task, name=name, target=config.target or task.target, now=now
+            if (
+                config.mode == "push"
+                and task.method != "PULL"
+                and self._store.insert_new(
+                    task, name=name, target=config.target or task.target, now=now
+                )
             ):
                 self._loop.wake()
                 return [name]
@@ -262,10 +299,9 @@ class LocalTaskQueue:
         with self._store.transaction(f"storing {len(tasks)} task(s)") as tx:
             for task in tasks:
                 try:
-                    self.check_queue(task.queue_name)
+                    config = self._check_task(task)
                     name = task.task_name or generated_name()
-                    target = self._queues[task.queue_name].target or task.target
-                    tx.insert(task, name=name, target=target, now=now)
+                    tx.insert(task, name=name, target=config.target or task.target, now=now)
                 except Error as exc:
                     if atomic:
                         raise
@@ -277,27 +313,128 @@ class LocalTaskQueue:
 
     def delete(self, queue_name: str, task_name: str) -> bool:
         """Delete a pending or running task (a named one leaves a tombstone); True if found."""
-        self.check_queue(queue_name)
+        self._config(queue_name)
         with self._store.transaction(f"deleting task {task_name!r}") as tx:
             return tx.delete(queue_name, task_name, self.now()) > 0
 
     def purge(self, queue_name: str) -> int:
         """Delete every pending or running task of the queue; return how many."""
-        self.check_queue(queue_name)
+        self._config(queue_name)
         with self._store.transaction(f"purging queue {queue_name!r}") as tx:
             return tx.delete(queue_name, None, self.now())
 
     def run_now(self, queue_name: str, task_name: str) -> bool:
-        """Make a pending task due now (ETA or backoff skipped). True if it was pending."""
-        self.check_queue(queue_name)
+        """Make a pending task due now (ETA or backoff skipped). True if it was pending.
+
+        For a pull task this ends its lease: it can be leased again at once.
+        """
+        self._config(queue_name)
         with self._store.transaction(f"running task {task_name!r} now") as tx:
             changed = tx.make_due(queue_name, task_name, self.now())
         self._loop.wake()
         return changed
 
+    # -- pull queues ---------------------------------------------------------------------------
+
+    def lease(
+        self,
+        queue_name: str,
+        lease_seconds: float,
+        max_tasks: int,
+        *,
+        group_by_tag: bool = False,
+        tag: str | None = None,
+    ) -> list[LeasedTask]:
+        """Lease up to ``max_tasks`` tasks of a pull queue whose ETA has come.
+
+        Each leased task's ETA becomes now + ``lease_seconds`` (so no one else leases it until
+        then, and it can be leased again after if it was not deleted) and its retry count goes
+        up by one. A task that has been leased its ``task_retry_limit`` times (the task's
+        retry options, else the queue's ``retry_parameters``) is deleted instead, with a
+        warning, as App Engine does. ``group_by_tag``: only tasks of ``tag``, or (``None``)
+        of the oldest available task's tag. Arguments are checked by ``Queue.lease_tasks``.
+
+        Raises:
+            UnknownQueueError, InvalidQueueModeError: not a declared pull queue.
+        """
+        self.check_pull_queue(queue_name)
+        now = self.now()
+        config = self._queues[queue_name]
+
+        def may_lease(task: StoredTask) -> bool:
+            params = config.retry_parameters
+            if task.retry is not None:
+                params = params.overridden_by(task.retry)
+            if params.task_age_limit is not None:
+                return True  # App Engine asks "either limit not reached" at age 0
+            limit = params.task_retry_limit
+            return limit is None or limit >= task.retry_count + 1
+
+        with self._store.transaction(f"leasing tasks of queue {queue_name!r}") as tx:
+            leased, spent = tx.lease_pull(
+                queue_name,
+                now=now,
+                expires=now + lease_seconds,
+                max_tasks=max_tasks,
+                group_by_tag=group_by_tag,
+                tag=tag,
+                may_lease=may_lease,
+            )
+        for task in spent:
+            logger.warning(
+                "task %s in queue %s cannot be leased again after %d leases; deleted",
+                task.name,
+                queue_name,
+                task.retry_count,
+            )
+        return [
+            LeasedTask(
+                task_name=task.name,
+                payload=task.payload,
+                tag=task.tag,
+                eta=task.eta,
+                retry_count=task.retry_count,
+            )
+            for task in leased
+        ]
+
+    def modify_lease(
+        self, queue_name: str, task_name: str, eta: float, lease_seconds: float
+    ) -> float:
+        """Make the lease of a task leased until ``eta`` end ``lease_seconds`` from now.
+
+        ``0`` ends the lease: the task can be leased again at once. Returns the new ETA.
+
+        Raises:
+            TaskLeaseExpiredError: the lease ended, or the task was leased again since.
+            TombstonedTaskError: the task was deleted.
+            Error: no task of that name.
+            QueuePausedError: the queue is paused.
+        """
+        self.check_pull_queue(queue_name)
+        if self._queues[queue_name].paused:
+            raise QueuePausedError(f"queue {queue_name!r} is paused")
+        now = self.now()
+        expires = now + lease_seconds
+        with self._store.transaction(f"changing the lease of task {task_name!r}") as tx:
+            result = tx.modify_pull_lease(queue_name, task_name, eta=eta, now=now, expires=expires)
+        if result == "expired":
+            raise TaskLeaseExpiredError(
+                f"the lease of task {task_name!r} in queue {queue_name!r} has expired or was"
+                " taken by another lease"
+            )
+        if result == "tombstoned":
+            raise TombstonedTaskError(f"task {task_name!r} of queue {queue_name!r} was deleted")
+        if result == "unknown":
+            raise Error(f"no task {task_name!r} in queue {queue_name!r}")
+        return expires
+
     def tasks(self, queue_name: str = "default") -> list[QueuedTask]:
-        """The tasks still to run in ``queue_name`` (pending or being delivered), in ETA order."""
-        self.check_queue(queue_name)
+        """The tasks still to run in ``queue_name`` (pending or being delivered), in ETA order.
+
+        For a pull queue: every task not deleted, leased or not.
+        """
+        self._config(queue_name)
         with self._store.reading("listing tasks") as tx:
             return [QueuedTask._of(task) for task in tx.live(queue_name)]
 

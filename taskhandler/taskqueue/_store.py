@@ -37,7 +37,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,8 @@ from ._queue_yaml import RetryParameters
 
 __all__ = ["SCHEMA", "StoredTask", "TaskStore", "Transaction", "generated_name", "utc"]
 
-SCHEMA_VERSION = 2
-_TABLE = """
+SCHEMA_VERSION = 3
+_V2_TABLE = """
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -81,35 +81,53 @@ CREATE TABLE tasks (
     finished REAL
 )
 """
+# Version 3 adds the pull tasks' tag as the last column, where ALTER TABLE ADD COLUMN puts it,
+# so a migrated file and a new one have the same columns in the same order.
+_TABLE = _V2_TABLE.replace("    finished REAL\n", "    finished REAL,\n    tag TEXT\n")
 _BY_NAME = "CREATE UNIQUE INDEX tasks_by_name ON tasks (queue, name) WHERE named = 1"
 _BY_STATE = "CREATE INDEX tasks_by_state ON tasks (state, queue, eta)"
-SCHEMA = (_TABLE, _BY_NAME, _BY_STATE)
+_BY_TAG = "CREATE INDEX tasks_by_tag ON tasks (queue, tag, eta) WHERE tag IS NOT NULL"
+SCHEMA = (_TABLE, _BY_NAME, _BY_STATE, _BY_TAG)
 """The whole schema (``user_version`` :data:`SCHEMA_VERSION`).
 
 Only named tasks are in the name index: they are the ones deduplicated and kept as tombstones.
 An unnamed task's generated name (:func:`generated_name`) is unique by construction, so its row
-goes into two B-trees (the rows and ``tasks_by_state``) instead of three.
+goes into two B-trees (the rows and ``tasks_by_state``) instead of three. Only tagged (pull)
+tasks are in the tag index, which ``lease_tasks_by_tag`` reads.
+
+Pull tasks (``method = 'PULL'``, only in pull queues) are always ``pending``: a lease is their
+``eta`` moved to the lease's end, as on App Engine, so the dispatcher's leases (state
+``leased``) never touch them.
 """
 
+# Version 2 (releases before pull queues): no tag column, no tag index.
+_V2_SCHEMA = {
+    ("table", "tasks"): _V2_TABLE,
+    ("index", "tasks_by_name"): _BY_NAME,
+    ("index", "tasks_by_state"): _BY_STATE,
+}
 # Version 1 (releases before the partial name index): every name in a table-level UNIQUE index.
-# A file is migrated only when its schema is exactly this one, text for text.
-_V1_TABLE = _TABLE.replace("    finished REAL\n", "    finished REAL,\n    UNIQUE (queue, name)\n")
+# A file is migrated only when its schema is exactly one of these, text for text.
+_V1_TABLE = _V2_TABLE.replace(
+    "    finished REAL\n", "    finished REAL,\n    UNIQUE (queue, name)\n"
+)
 _V1_SCHEMA = {("table", "tasks"): _V1_TABLE, ("index", "tasks_by_state"): _BY_STATE}
 
-_COLUMNS = (
+_V1_COLUMNS = (
     "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
     "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id, "
     "lease_expires, finished"
 )
 _TASK_COLUMNS = (
     "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
-    "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id"
+    "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id, "
+    "tag"
 )
 # One statement for named and unnamed tasks: an unnamed row (named = 0) is outside the partial
 # index, so it never conflicts.
 _INSERT = (
     "INSERT INTO tasks (queue, name, named, method, url, headers, payload, target, retry, eta,"
-    " created, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
+    " created, tag, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
     " ON CONFLICT (queue, name) WHERE named = 1 DO NOTHING"
 )
 _LIVE = "state IN ('pending', 'leased')"
@@ -216,6 +234,7 @@ class StoredTask:
         retry_reason: why the last attempt failed.
         state: ``pending`` or ``leased``.
         lease_id: the lease it is being delivered under, when leased.
+        tag: a pull task's tag, if any.
     """
 
     id: int
@@ -237,6 +256,7 @@ class StoredTask:
     retry_reason: str | None
     state: str
     lease_id: str | None
+    tag: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredTask:
@@ -262,6 +282,7 @@ class StoredTask:
             retry_reason=row["retry_reason"],
             state=row["state"],
             lease_id=row["lease_id"],
+            tag=row["tag"],
         )
 
 
@@ -278,6 +299,7 @@ def _insert_row(task: NewTask, name: str, target: str | None, now: float) -> tup
         None if task.retry is None else _dump_retry(task.retry),
         task.eta,
         now,
+        task.tag,
     )
 
 
@@ -315,16 +337,27 @@ def _migrate_from_v1(conn: sqlite3.Connection) -> None:
     """Rewrite a version-1 file as version 2, inside the caller's transaction.
 
     Version 1 kept every name in a table-level ``UNIQUE`` index, which SQLite cannot drop, so
-    the table is copied (row ids, states, tombstones and all) into one of the new schema.
+    the table is copied (row ids, states, tombstones and all) into one of the version-2 schema.
     """
     conn.execute("ALTER TABLE tasks RENAME TO tasks_v1")
-    conn.execute(_TABLE)
+    conn.execute(_V2_TABLE)
     conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS}) SELECT {_COLUMNS} FROM tasks_v1"  # noqa: S608 - fixed
+        f"INSERT INTO tasks ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM tasks_v1"  # noqa: S608
     )
     conn.execute("DROP TABLE tasks_v1")
     conn.execute(_BY_NAME)
     conn.execute(_BY_STATE)
+    conn.execute("PRAGMA user_version=2")
+
+
+def _migrate_from_v2(conn: sqlite3.Connection) -> None:
+    """Make a version-2 file version 3 (pull tasks' tags), inside the caller's transaction.
+
+    Adding a nullable column rewrites no row: every task of the old file is a push task, whose
+    tag is ``NULL``, and none of them enters the partial tag index.
+    """
+    conn.execute("ALTER TABLE tasks ADD COLUMN tag TEXT")
+    conn.execute(_BY_TAG)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -448,6 +481,97 @@ class Transaction:
             [(t.lease_id, expires, t.first_run, t.id) for t in leased],
         )
         return leased
+
+    # -- pull queues: a lease is the task's ETA moved to the lease's end ----------------------
+
+    def lease_pull(
+        self,
+        queue_name: str,
+        *,
+        now: float,
+        expires: float,
+        max_tasks: int,
+        group_by_tag: bool,
+        tag: str | None,
+        may_lease: Callable[[StoredTask], bool],
+    ) -> tuple[list[StoredTask], list[StoredTask]]:
+        """Lease up to ``max_tasks`` pull tasks whose ETA has come, until ``expires``.
+
+        Each leased task's ETA becomes ``expires`` and its retry count goes up by one, as App
+        Engine's lease does. With ``group_by_tag`` only tasks of one tag are leased: ``tag``,
+        or (``None``) the tag of the oldest task available, untagged tasks if it has none.
+        A task ``may_lease`` refuses (its ``task_retry_limit`` of leases is used up) is
+        deleted instead. Returns (leased tasks, deleted tasks), each in ETA order.
+        """
+        conn = self._conn
+        due = now + _ETA_SLACK
+        where = "queue=? AND state='pending' AND eta<=?"
+        args: tuple[Any, ...] = (queue_name, due)
+        if group_by_tag and tag is None:
+            oldest = conn.execute(
+                f"SELECT tag FROM tasks WHERE {where} ORDER BY eta, id LIMIT 1",  # noqa: S608
+                args,
+            ).fetchone()
+            if oldest is None:
+                return [], []
+            tag = oldest["tag"]
+            if tag is None:
+                where += " AND tag IS NULL"
+        if group_by_tag and tag is not None:
+            where, args = "queue=? AND tag=? AND state='pending' AND eta<=?", (queue_name, tag, due)
+        rows = conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {where} ORDER BY eta, id LIMIT ?",  # noqa: S608
+            (*args, max_tasks),
+        ).fetchall()
+        leased: list[StoredTask] = []
+        spent: list[StoredTask] = []
+        for row in rows:
+            task = StoredTask.from_row(row)
+            if not may_lease(task):
+                spent.append(task)
+                continue
+            leased.append(
+                dataclasses.replace(
+                    task,
+                    eta=expires,
+                    retry_count=task.retry_count + 1,
+                    first_run=now if task.first_run is None else task.first_run,
+                )
+            )
+        conn.executemany(
+            "UPDATE tasks SET eta=?, retry_count=?, first_run=? WHERE id=? AND state='pending'",
+            [(t.eta, t.retry_count, t.first_run, t.id) for t in leased],
+        )
+        for task in spent:
+            self.delete(queue_name, task.name, now)
+        return leased, spent
+
+    def modify_pull_lease(
+        self, queue_name: str, task_name: str, *, eta: float, now: float, expires: float
+    ) -> str:
+        """Move the lease of the pull task ``task_name``, leased until ``eta``, to ``expires``.
+
+        Returns ``"ok"``, ``"expired"`` (the task's ETA is no longer ``eta``, or that time
+        has passed: another worker may hold it now), ``"tombstoned"`` or ``"unknown"``.
+        """
+        args = (queue_name, task_name)
+        row = self._conn.execute(
+            "SELECT id, eta, state FROM tasks WHERE queue=? AND name=? AND named=1", args
+        ).fetchone()
+        if row is None and _may_be_generated(task_name):
+            row = self._conn.execute(
+                "SELECT id, eta, state FROM tasks WHERE queue=? AND name=? AND named=0", args
+            ).fetchone()
+        if row is None:
+            return "unknown"
+        if row["state"] != "pending":
+            return "tombstoned"
+        # App Engine compares leases in whole microseconds; so does this.
+        held = round(float(row["eta"]) * 1e6)
+        if held != round(eta * 1e6) or held < round(now * 1e6):
+            return "expired"
+        self._conn.execute("UPDATE tasks SET eta=? WHERE id=?", (expires, row["id"]))
+        return "ok"
 
     def finish(self, tasks: Sequence[StoredTask], state: str, now: float) -> None:
         """End leased tasks for good (``done`` or ``failed``): named ones stay as tombstones."""
@@ -657,9 +781,9 @@ class TaskStore:
 
         A zero-length or missing file is a new database. A SQLite database with no schema and
         ``user_version`` 0 (freshly created by another tool) is adopted too. A file of schema
-        version 1 (written by an earlier release) is migrated to version 2 in this same
-        transaction, and only when its schema is exactly version 1's; concurrent openers wait
-        for the transaction and then find version 2.
+        version 1 or 2 (written by an earlier release) is migrated to version 3 in this same
+        transaction, and only when its schema is exactly that version's; concurrent openers
+        wait for the transaction and then find version 3.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         objects = {
@@ -674,6 +798,10 @@ class TaskStore:
             return
         if version == 1 and _same_schema(objects, _V1_SCHEMA):
             _migrate_from_v1(conn)
+            _migrate_from_v2(conn)
+            return
+        if version == 2 and _same_schema(objects, _V2_SCHEMA):
+            _migrate_from_v2(conn)
             return
         if version != SCHEMA_VERSION or ("table", "tasks") not in objects:
             tables = sorted(name for kind, name in objects if kind == "table")

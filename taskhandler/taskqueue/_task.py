@@ -7,13 +7,15 @@ import datetime
 import math
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ._backend import NewTask, now
 from ._enqueue import AddResult, add_tasks, check_queue_name
 from ._errors import (
+    InvalidDispatchDeadlineError,
     InvalidEtaError,
+    InvalidTagError,
     InvalidTaskError,
     InvalidTaskNameError,
     InvalidTaskRetryOptionsError,
@@ -22,11 +24,28 @@ from ._errors import (
 )
 from ._queue_yaml import RetryParameters
 
+MAX_QUEUE_NAME_LENGTH = 100
 MAX_TASK_NAME_LENGTH = 500
 MAX_PUSH_TASK_SIZE_BYTES = 100 * 2**10
+MAX_PULL_TASK_SIZE_BYTES = 2**20
 MAX_TASK_SIZE_BYTES = MAX_PUSH_TASK_SIZE_BYTES
+MAX_TRANSACTIONAL_REQUEST_SIZE_BYTES = 2**20
 MAX_URL_LENGTH = 2083
+MAX_TASKS_PER_LEASE = 1000
+MAX_TAG_LENGTH = 500
+MAX_LEASE_SECONDS = 3600 * 24 * 7
+MAX_DISPATCH_DEADLINE = datetime.timedelta(hours=24)
+MIN_DISPATCH_DEADLINE = datetime.timedelta(seconds=15)
 MAX_COUNTDOWN_SECONDS = 3600 * 24 * 30
+
+
+class _DefaultAppVersion:
+    def __repr__(self) -> str:
+        return "<DefaultApplicationVersion>"
+
+
+DEFAULT_APP_VERSION: Any = _DefaultAppVersion()
+"""``Task(target=DEFAULT_APP_VERSION)``: the app's default service, as ``target=None`` is."""
 
 TASK_NAME_PATTERN = rf"^[a-zA-Z0-9_-]{{1,{MAX_TASK_NAME_LENGTH}}}$"
 TASK_NAME_RE = re.compile(TASK_NAME_PATTERN)
@@ -34,7 +53,7 @@ DEFAULT_QUEUE = "default"
 DEFAULT_QUEUE_PATH = "/_ah/queue"
 
 _METHODS = frozenset({"POST", "GET", "HEAD", "PUT", "DELETE"})
-_BODY_METHODS = frozenset({"POST", "PUT"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PULL"})
 # The queue sets these itself; App Engine drops any a task tries to set.
 _RESERVED_PREFIXES = ("x-appengine-", "x-cloudtasks-")
 
@@ -203,34 +222,96 @@ def eta_from(eta: datetime.datetime | None, countdown: float | None, now: float)
     return now
 
 
+class CaselessDict(MutableMapping[str, Any]):
+    """A dict whose keys compare case-insensitively and keep the spelling first given.
+
+    ``Task.headers`` is one, as on App Engine (``urlfetch._CaselessDict``):
+    ``headers["Content-Type"]`` finds a ``content-type`` key. Values are kept as given (a list
+    stays a list).
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, tuple[str, Any]] = {}
+        if data:
+            self.update(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key.lower()][1]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        folded = key.lower()
+        spelling = self._data[folded][0] if folded in self._data else key
+        self._data[folded] = (spelling, value)
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (spelling for spelling, _ in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._data
+
+    def copy(self) -> CaselessDict:
+        """A shallow copy."""
+        return CaselessDict(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
 class Task:
-    """One push task: where it goes (``url``, ``target``), what it carries, and when it runs.
+    """One task: a push task (where it goes, what it carries, when it runs) or a pull task.
 
     The arguments and rules are App Engine's, so code written for
     ``google.appengine.api.taskqueue`` ports by changing its import.
 
     Args:
-        payload: the request body (``str`` is sent as UTF-8 ``text/plain``); POST and PUT only,
-            and not together with ``params`` for POST.
+        payload: the request body (``str`` is sent as UTF-8 with a ``text/plain`` content type);
+            POST, PUT and PULL only, and not together with ``params`` for POST and PULL.
         name: 1-500 of ``[a-zA-Z0-9_-]``; named tasks are added at most once (see
-            :class:`TaskAlreadyExistsError`, :class:`TombstonedTaskError`). Unnamed tasks get a
-            unique generated name when added.
-        method: ``POST`` (default), ``GET``, ``HEAD``, ``PUT`` or ``DELETE``.
+            :class:`TaskAlreadyExistsError`, :class:`TombstonedTaskError`). Unnamed tasks (no
+            name, ``None`` or ``""``) get a unique generated name when added.
+        method: ``POST`` (default), ``GET``, ``HEAD``, ``PUT``, ``DELETE``, or ``PULL`` for a
+            pull task (added to a ``mode: pull`` queue and leased by workers).
         url: a relative URL starting with ``/``; default ``/_ah/queue/<queue name>``. No query
-            string for POST (use ``params``).
+            string for POST (use ``params``); none at all for pull tasks.
         headers: extra request headers; a list value repeats the header. ``X-AppEngine-*`` and
-            ``X-CloudTasks-*`` headers are dropped: only the queue sets them.
-        params: a dict (list values repeat the key); form-encoded in the body for POST, in the
-            query string for the other methods.
-        countdown: seconds from now until the task may run; excludes ``eta``.
-        eta: a ``datetime`` when the task may run (naive = UTC); at most 30 days ahead.
-        retry_options: a :class:`TaskRetryOptions` overriding the queue's retry parameters.
+            ``X-CloudTasks-*`` headers are not sent: only the queue sets them. Not for pull tasks.
+        params: a dict (list values repeat the key); form-encoded in the body for POST and PULL,
+            in the query string for the other methods.
+        countdown: seconds from now until the task may run or be leased; excludes ``eta``.
+        eta: a ``datetime`` when the task may run or be leased (naive = UTC); at most 30 days
+            ahead.
+        retry_options: a :class:`TaskRetryOptions` overriding the queue's retry parameters (for
+            a pull task, ``task_retry_limit`` is how many times it may be leased).
         target: the service (``version.service``...) to run the task on; a queue's ``target``
-            overrides it.
+            overrides it. Not for pull tasks.
+        tag: a pull task's tag, for ``Queue.lease_tasks_by_tag``; at most 500 characters.
+        dispatch_deadline_usec: how long the handler of a push task may take, in microseconds
+            (15 s to 24 h); ``CloudTasksBackend`` sets it as the task's ``dispatch_deadline``.
+
+    Raises:
+        InvalidTaskError: a bad combination (``params`` with ``payload``, ``tag`` on a push
+            task, ``url``/``headers``/``target`` on a pull task, no payload for a pull task...).
+        InvalidTaskNameError, InvalidUrlError, InvalidEtaError, InvalidTagError: a bad value.
+        TaskTooLargeError: over 100 KiB (push) or 1 MiB (pull).
+        InvalidDispatchDeadlineError: ``dispatch_deadline_usec`` out of range (``TypeError``
+            when it is not an integer, as on App Engine).
 
     Example:
-        >>> Task(url="/tasks/count", params={"amount": "1"}).payload
-        b'amount=1'
+        >>> Task(url="/tasks/count", params={"amount": "1"}).extract_params()
+        {'amount': b'1'}
     """
 
     def __init__(
@@ -246,9 +327,15 @@ class Task:
         eta: datetime.datetime | None = None,
         retry_options: TaskRetryOptions | None = None,
         target: str | None = None,
+        tag: str | bytes | None = None,
         dispatch_deadline_usec: int | None = None,
+        _size_check: bool = True,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not TASK_NAME_RE.match(name)):
+        if (
+            name is not None
+            and name != ""
+            and (not isinstance(name, str) or not TASK_NAME_RE.match(name))
+        ):
             raise InvalidTaskNameError(
                 f'The task name does not match expression "{TASK_NAME_PATTERN}"; found {name!r}'
             )
@@ -256,22 +343,34 @@ class Task:
         self._default_url, path, query = _split_url(url or "")
         method_upper = str(method).upper()
         self._method = method_upper
-        header_pairs = (
-            [
-                (key, value)
-                for key, value in _flatten(headers)
-                if not key.lower().replace("_", "-").startswith(_RESERVED_PREFIXES)
-            ]
-            if headers
-            else []
-        )
+        self._headers = CaselessDict(headers)
+        self._tag = tag
         params = params or {}
-        body: bytes | None = None
+        body: str | bytes | None = None
         if query and params:
             raise InvalidTaskError(
                 "Query string and parameters both present; only one of these can be supplied"
             )
-        if method_upper == "POST":
+        if method_upper != "PULL" and tag is not None:
+            raise InvalidTaskError("tag can only be specified for pull tasks")
+        if method_upper == "PULL":
+            if not self._default_url:
+                raise InvalidTaskError("url must not be specified for pull tasks")
+            if headers:
+                raise InvalidTaskError("headers must not be specified for pull tasks")
+            if target:
+                raise InvalidTaskError("target must not be specified for pull tasks")
+            if params:
+                if payload:
+                    raise InvalidTaskError(
+                        "Message body and parameters both present for PULL method; "
+                        "only one of these can be supplied"
+                    )
+                payload = _urlencode(_flatten(params))
+            if payload is None:
+                raise InvalidTaskError("payload must be specified for pull task")
+            body = _convert_payload(payload, self._headers)
+        elif method_upper == "POST":
             if payload and params:
                 raise InvalidTaskError(
                     "Message body and parameters both present for POST method; "
@@ -283,32 +382,28 @@ class Task:
                     " instead"
                 )
             if params:
-                body = _urlencode(_flatten(params)).encode("ascii")
-                header_pairs = _setdefault(
-                    header_pairs, "Content-Type", "application/x-www-form-urlencoded"
-                )
+                # A str, as App Engine's Python 3 library has it; sent as ASCII.
+                body = _urlencode(_flatten(params))
+                self._headers.setdefault("content-type", "application/x-www-form-urlencoded")
             elif payload is not None:
-                body, header_pairs = _convert_payload(payload, header_pairs)
+                body = _convert_payload(payload, self._headers)
         elif method_upper in _METHODS:
             if payload and method_upper not in _BODY_METHODS:
-                raise InvalidTaskError("Payload can only be specified for methods POST, PUT")
+                raise InvalidTaskError("Payload can only be specified for methods POST, PUT, PULL")
             if payload:
-                body, header_pairs = _convert_payload(payload, header_pairs)
+                body = _convert_payload(payload, self._headers)
             if params:
                 query = _urlencode(_flatten(params))
             if query:
                 path = f"{path}?{query}"
-        elif method_upper == "PULL":
-            raise InvalidTaskError("pull tasks are not supported; only push tasks can be added")
         else:
             raise InvalidTaskError(f"Invalid method: {method_upper}")
-        if target is not None and any(k.lower() == "host" for k, _ in header_pairs):
+        if target is not None and "Host" in self._headers:
             raise InvalidTaskError("A host header cannot be set when a target is specified.")
-        if target is not None and not isinstance(target, str):
+        if target is not None and target is not DEFAULT_APP_VERSION and not isinstance(target, str):
             raise InvalidTaskError(f"target must be a string; found {target!r}")
         self._relative_url = path
         self._payload = body
-        self._headers = header_pairs
         self._target = target
         self._retry_options = retry_options
         if retry_options is not None and not isinstance(retry_options, TaskRetryOptions):
@@ -322,10 +417,38 @@ class Task:
         self._retry_count = 0
         self._enqueued = False
         self._deleted = False
-        if self.size > MAX_PUSH_TASK_SIZE_BYTES:
-            raise TaskTooLargeError(
-                f"Task size must be less than {MAX_PUSH_TASK_SIZE_BYTES}; found {self.size}"
-            )
+        if _size_check:
+            limit = MAX_PULL_TASK_SIZE_BYTES if method_upper == "PULL" else MAX_PUSH_TASK_SIZE_BYTES
+            if self.size > limit:
+                raise TaskTooLargeError(f"Task size must be less than {limit}; found {self.size}")
+            if tag is not None:
+                if not isinstance(tag, (str, bytes)):
+                    raise InvalidTagError(f"Tag must be a string; found {tag!r}")
+                if len(tag) > MAX_TAG_LENGTH:
+                    raise InvalidTagError(
+                        f"Tag must be <= {MAX_TAG_LENGTH} bytes. Got a {len(tag)} byte tag."
+                    )
+        if dispatch_deadline_usec is not None:
+            _check_dispatch_deadline(dispatch_deadline_usec)
+
+    @classmethod
+    def _leased(
+        cls,
+        queue_name: str,
+        *,
+        name: str,
+        payload: bytes,
+        tag: str | None,
+        eta: float,
+        retry_count: int,
+    ) -> Task:
+        """A pull task as ``lease_tasks`` returns it: its lease ends at ``eta``."""
+        task = cls(payload, name=name, method="PULL", tag=tag, _size_check=False)
+        task._eta_posix = eta
+        task._retry_count = retry_count
+        task._queue_name = queue_name
+        task._enqueued = True
+        return task
 
     # -- properties, as App Engine names them ------------------------------------------------
 
@@ -336,7 +459,7 @@ class Task:
 
     @property
     def method(self) -> str:
-        """The HTTP method."""
+        """The HTTP method, or ``"PULL"`` for a pull task."""
         return self._method
 
     @property
@@ -350,22 +473,39 @@ class Task:
         return self._default_url
 
     @property
-    def headers(self) -> dict[str, str]:
-        """A copy of the extra headers (a repeated header once, its values joined by ``,``)."""
-        result: dict[str, str] = {}
-        for key, value in self._headers:
-            result[key] = f"{result[key]},{value}" if key in result else value
-        return result
+    def headers(self) -> MutableMapping[str, Any]:
+        """A copy of the headers as given, case-insensitive, with the content type added.
+
+        Values are as given (a list value stays a list). A content type the task sets itself
+        is spelt ``content-type``, as App Engine spells it.
+        """
+        return self._headers.copy()
 
     @property
     def header_list(self) -> list[tuple[str, str]]:
-        """The extra headers as (name, value) pairs, repeated headers kept apart."""
-        return list(self._headers)
+        """The headers the request carries, as (name, value) pairs, repeated headers apart.
+
+        ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers are left out: only the queue sets them.
+        """
+        return [
+            (key, value)
+            for key, value in _flatten(self._headers)
+            if not key.lower().replace("_", "-").startswith(_RESERVED_PREFIXES)
+        ]
 
     @property
-    def payload(self) -> bytes | None:
-        """The request body, or ``None``."""
+    def payload(self) -> str | bytes | None:
+        """The body, or ``None``: ``bytes``, except a ``str`` when it was made from ``params``.
+
+        That is how App Engine's Python 3 library has it (a form-encoded ``params`` body is the
+        ``str`` ``urlencode`` returns; a ``str`` payload is encoded to UTF-8).
+        """
         return self._payload
+
+    @property
+    def tag(self) -> str | bytes | None:
+        """A pull task's tag, as given (``str`` on tasks returned by a lease)."""
+        return self._tag
 
     @property
     def target(self) -> str | None:
@@ -374,12 +514,12 @@ class Task:
 
     @property
     def eta_posix(self) -> float:
-        """When the task may run, in seconds since the epoch."""
+        """When the task may run or be leased (a leased task: its lease's end), epoch seconds."""
         return self._eta_posix
 
     @property
     def eta(self) -> datetime.datetime:
-        """When the task may run, as an aware UTC datetime."""
+        """When the task may run or be leased, as an aware UTC datetime."""
         return datetime.datetime.fromtimestamp(self._eta_posix, datetime.timezone.utc)
 
     @property
@@ -389,7 +529,7 @@ class Task:
 
     @property
     def dispatch_deadline_usec(self) -> int | None:
-        """The dispatch deadline given at creation (kept for API compatibility)."""
+        """The dispatch deadline given at creation, in microseconds."""
         return self._dispatch_deadline_usec
 
     @property
@@ -399,13 +539,13 @@ class Task:
 
     @property
     def retry_count(self) -> int:
-        """Attempts made so far (always 0 on a task object created by the caller)."""
+        """Attempts (push) or leases (pull) so far: 0 on a task object the caller created."""
         return self._retry_count
 
     @property
     def size(self) -> int:
         """The size App Engine limits: method, URL, headers and payload, in bytes."""
-        header_size = sum(len(k) + len(v) + len(": \r\n") for k, v in self._headers)
+        header_size = sum(len(k) + len(v) + len(": \r\n") for k, v in _flatten(self._headers))
         return len(self._method) + len(self._payload or b"") + len(self._relative_url) + header_size
 
     @property
@@ -418,29 +558,31 @@ class Task:
         """True once the task was deleted through ``Queue.delete_tasks``."""
         return self._deleted
 
-    def extract_params(self) -> dict[str, str | list[str]]:
-        """The params: from the form body for POST, from the query string otherwise.
+    def extract_params(self) -> dict[Any, bytes | list[bytes]]:
+        """The params: from the body for POST and PULL, from the query string otherwise.
 
-        A name given several times maps to a list of values.
+        As App Engine's Python 3 library returns them: values are ``bytes``; names are ``str``
+        when read from the query string or a ``params`` body, ``bytes`` when read from a
+        ``bytes`` payload. A name given several times maps to a list of values.
+
+        Raises:
+            ValueError: the body or query string is not form-encoded data.
         """
-        if self._method == "POST":
-            query = (self._payload or b"").decode("utf-8")
+        query: str | bytes | None
+        if self._method in ("PULL", "POST"):
+            query = self._payload
         else:
             query = urllib.parse.urlsplit(self._relative_url).query
-        result: dict[str, str | list[str]] = {}
+        result: dict[Any, Any] = {}
         if not query:
             return result
-        for key, value in urllib.parse.parse_qsl(
+        pairs: list[tuple[Any, Any]] = urllib.parse.parse_qsl(
             query, keep_blank_values=True, strict_parsing=True
-        ):
-            if key in result:
-                existing = result[key]
-                result[key] = (
-                    [*existing, value] if isinstance(existing, list) else [existing, value]
-                )
-            else:
-                result[key] = value
-        return result
+        )
+        for key, value in pairs:
+            encoded = value.encode("utf-8") if isinstance(value, str) else value
+            result.setdefault(key, []).append(encoded)
+        return {key: values[0] if len(values) == 1 else values for key, values in result.items()}
 
     def add(self, queue_name: str = DEFAULT_QUEUE, transactional: bool = False) -> Task:
         """Add this task to a queue; see :meth:`Queue.add`."""
@@ -457,20 +599,32 @@ class Task:
 
     def _record(self, queue_name: str) -> NewTask:
         """This task as the record a backend stores in ``queue_name``."""
-        url = self._relative_url
-        if self._default_url:
+        pull = self._method == "PULL"
+        url = "" if pull else self._relative_url
+        if self._default_url and not pull:
             url = f"{DEFAULT_QUEUE_PATH}/{queue_name}{url}"
         options = self._retry_options
+        payload = self._payload
+        tag = self._tag
+        deadline = self._dispatch_deadline_usec
         return NewTask(
             queue_name=queue_name,
             task_name=self._name,
             method=self._method,
             url=url,
-            headers=tuple(self._headers),
-            payload=self._payload or b"",
+            headers=() if pull else tuple(self.header_list),
+            payload=(
+                b""
+                if payload is None
+                else payload.encode()
+                if isinstance(payload, str)
+                else payload
+            ),
             eta=self._eta_posix,
-            target=self._target,
+            target=None if self._target is DEFAULT_APP_VERSION else self._target,
             retry=None if options is None else options.to_parameters(),
+            tag=tag.decode("utf-8", "surrogateescape") if isinstance(tag, bytes) else tag,
+            dispatch_deadline=None if deadline is None else deadline / 1e6,
         )
 
     def _mark_enqueued(self, queue_name: str, name: str) -> None:
@@ -478,30 +632,35 @@ class Task:
         self._name = name
         self._enqueued = True
 
-    def _mark_deleted(self) -> None:
-        self._deleted = True
+    def _mark_deleted(self, deleted: bool = True) -> None:
+        self._deleted = deleted
 
     def __repr__(self) -> str:
+        where = f"tag={self._tag!r}" if self._method == "PULL" else f"url={self._relative_url!r}"
         return (
             f"Task<name={self._name!r}, queue_name={self._queue_name!r}, method={self._method!r}, "
-            f"url={self._relative_url!r}, eta={self.eta.isoformat()!r}, size={self.size}, "
+            f"{where}, eta={self.eta.isoformat()!r}, size={self.size}, "
             f"was_enqueued={self._enqueued!r}>"
         )
 
 
-def _setdefault(pairs: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
-    if any(k.lower() == name.lower() for k, _ in pairs):
-        return pairs
-    return [*pairs, (name, value)]
+def _check_dispatch_deadline(usec: object) -> None:
+    """App Engine's check of ``dispatch_deadline_usec``: an int from 15 s to 24 h."""
+    if not isinstance(usec, int):
+        raise TypeError("deadline must be an integer")
+    seconds = usec / 1e6
+    if seconds > MAX_DISPATCH_DEADLINE.total_seconds():
+        raise InvalidDispatchDeadlineError(f"Deadline cannot be more than {MAX_DISPATCH_DEADLINE}")
+    if seconds < MIN_DISPATCH_DEADLINE.total_seconds():
+        raise InvalidDispatchDeadlineError(f"Deadline cannot be less than {MIN_DISPATCH_DEADLINE}")
 
 
-def _convert_payload(
-    payload: str | bytes, pairs: list[tuple[str, str]]
-) -> tuple[bytes, list[tuple[str, str]]]:
+def _convert_payload(payload: str | bytes, headers: CaselessDict) -> bytes:
+    """The payload as bytes; a non-empty ``str`` is UTF-8 and sets the content type if unset."""
     if isinstance(payload, str):
         if payload:
-            pairs = _setdefault(pairs, "Content-Type", "text/plain; charset=utf-8")
-        return payload.encode("utf-8"), pairs
+            headers.setdefault("content-type", "text/plain; charset=utf-8")
+        return payload.encode("utf-8")
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        return bytes(payload), pairs
+        return bytes(payload)
     raise InvalidTaskError(f"Task payloads must be strings; invalid payload: {payload!r}")
