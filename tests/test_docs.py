@@ -28,7 +28,7 @@ README = ROOT / "README.md"
 MAX_README_LINES = 220
 
 SERVE_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/taskhandler "
+    "python3 -m venv .venv && .venv/bin/pip install -q -e '.[flask]' && .venv/bin/taskhandler "
     "serve examples.flask_style.main:app --app-yaml examples/flask_style/app.yaml "
     "--queue-yaml examples/flask_style/queue.yaml --db /tmp/taskhandler-dev.sqlite3"
 )
