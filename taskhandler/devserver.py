@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
+import contextlib
+import errno
+import hashlib
 import hmac
-import html
 import importlib
+import inspect
 import io
 import ipaddress
 import logging
@@ -33,28 +35,43 @@ import os
 import re
 import secrets
 import signal
+import socket
+import subprocess
 import sys
 import threading
-import urllib.parse
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from . import deferred
+from ._console import CONSOLE_PATH, History, QueueConsole, Recorder, history_path
 from ._types import ASGIApplication, Receive, Scope, Send, StartResponse, WSGIApplication
-from .auth import LOGOUT_PATH, SignedCookieAuth, same_origin
+from .auth import SignedCookieAuth
 from .config import AppConfig, load_app_yaml
 from .exceptions import ConfigError
-from .taskqueue import InternalError, LocalTaskQueue, TransientError, load_queue_yaml, use
+from .taskqueue import LocalTaskQueue, load_queue_yaml, use
 from .taskqueue._dispatch import is_asgi
 from .trust import TrustPolicy
-from .wsgi import request_info
 
 logger = logging.getLogger("taskhandler.devserver")
 
-CONSOLE_PATH = "/_ah/admin/queues"
 DEFAULT_DB = ".taskhandler-queue.sqlite3"
-_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# MODULE:APP, or MODULE:factory() for an app factory called with no arguments.
+_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?$")
+
+__all__ = [
+    "CONSOLE_PATH",
+    "DEFAULT_DB",
+    "QueueConsole",
+    "allowed_host",
+    "app_target",
+    "build",
+    "import_app",
+    "is_loopback",
+    "run_serve",
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -186,191 +203,110 @@ def app_target(app: str | None, config: AppConfig | None) -> str:
     )
 
 
+# The top-level module a missing import names -> the extra that installs it.
+EXTRAS = {
+    "flask": "flask",
+    "starlette": "asgi",
+    "uvicorn": "asgi",
+    "fastapi": "asgi",
+    "opentelemetry": "otel",
+    "sqlalchemy": "outbox",
+    "psycopg": "outbox",
+}
+
+
+def _install_hint(missing: str | None) -> str:
+    """``"; install it with: pip install 'taskhandler[flask]'"`` for a known framework."""
+    extra = EXTRAS.get((missing or "").partition(".")[0])
+    return f"; install it with: pip install 'taskhandler[{extra}]'" if extra else ""
+
+
 def import_app(target: str) -> Any:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted), with the working directory importable."""
+    """Import ``MODULE:ATTR`` (ATTR may be dotted), with the working directory importable.
+
+    ``MODULE:factory()`` calls ``factory`` with no arguments and serves what it returns; so
+    does ``MODULE:factory`` when ``factory`` is a function that takes no arguments (Flask's
+    ``create_app``), since a WSGI or ASGI app takes two or three.
+    """
     module_name, _, attr = target.partition(":")
+    call = attr.endswith("()")
+    attr = attr.removesuffix("()")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}", value=target) from None
+        raise ConfigError(
+            f"cannot import {module_name!r}: {exc}{_install_hint(exc.name)}", value=target
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigError(f"{module_name!r} has no attribute {attr!r}", value=target) from None
+    if not call and inspect.isfunction(obj) and _takes_no_arguments(obj):
+        call = True
+    if call:
+        if not callable(obj):
+            raise ConfigError(f"{attr!r} is not a function to call", value=target)
+        try:
+            obj = obj()
+        except ImportError as exc:
+            raise ConfigError(
+                f"the app factory {attr}() failed: {exc}{_install_hint(exc.name)}", value=target
+            ) from exc
     if not callable(obj):
         raise ConfigError("the app is not a WSGI or ASGI application", value=target)
     return obj
 
 
-# -- the console -----------------------------------------------------------------------------
-
-
-def _when(moment: datetime.datetime, now: float) -> str:
-    delta = moment.timestamp() - now
-    words = (
-        "now" if abs(delta) < 0.5 else (f"in {delta:.0f} s" if delta > 0 else f"{-delta:.0f} s ago")
+def _takes_no_arguments(func: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in signature.parameters.values()
     )
-    return f"{moment.strftime('%Y-%m-%d %H:%M:%S')} UTC ({words})"
 
 
-class QueueConsole:
-    """The ``/_ah/admin/queues`` pages (WSGI): administrators only.
+def signing_key(db: str) -> str:
+    """The key the sign-in cookie (and deferred payloads) are signed with.
 
-    Args:
-        queue: the queue to show and act on.
-        auth: the authenticator telling who is signed in; non-admins get 403, nobody a
-            redirect to its sign-in page.
+    ``TASKHANDLER_SECRET_KEY`` when set; else a key kept in ``<db stem>.key`` beside the queue
+    database (made on first use, readable by its owner only), so that a restart does not sign
+    you out; a new key per run for ``:memory:``.
     """
-
-    def __init__(self, queue: LocalTaskQueue, auth: SignedCookieAuth) -> None:
-        self.queue = queue
-        self.auth = auth
-        # Forms carry this token: the cookie is SameSite=Strict, and the token also
-        # stops a cross-site form from running or deleting tasks.
-        self.token = secrets.token_urlsafe(24)
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        try:
-            return self._serve(environ, start_response)
-        except (TransientError, InternalError) as exc:
-            # The queue's storage failed (disk full, locked, deleted): say so, not a 500.
-            status = "503 Service Unavailable" if isinstance(exc, TransientError) else "500 Error"
-            return self._page(start_response, status, f"<p>{html.escape(str(exc))}</p>")
-
-    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        request = request_info(environ)
-        user = self.auth(request)
-        if user is None:
-            target = urllib.parse.quote(CONSOLE_PATH, safe="/")
-            location = f"{self.auth.login_url}?continue={target}"
-            start_response("302 Found", [("Location", location), ("Content-Length", "0")])
-            return [b""]
-        if not user.is_admin:
-            return self._page(start_response, "403 Forbidden", "<p>Administrators only.</p>")
-        path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") == "POST":
-            # Every action changes state: it must come from the console's own page.
-            if not same_origin(request):
-                return self._page(
-                    start_response, "403 Forbidden", "<p>Cross-site request refused.</p>"
-                )
-            return self._act(environ, start_response, path)
-        if path.rstrip("/") != CONSOLE_PATH:
-            return self._page(start_response, "404 Not Found", "<p>Not found.</p>")
-        return self._page(start_response, "200 OK", _signed_in(user.email) + self._overview())
-
-    def _act(
-        self, environ: dict[str, Any], start_response: StartResponse, path: str
-    ) -> Iterable[bytes]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        form = dict(
-            urllib.parse.parse_qsl(
-                environ["wsgi.input"].read(min(length, 65536)).decode("utf-8", "replace")
-            )
-        )
-        if not hmac.compare_digest(form.get("token", ""), self.token):
-            return self._page(
-                start_response, "403 Forbidden", "<p>Stale form: reload the page.</p>"
-            )
-        queue_name = form.get("queue", "")
-        if queue_name not in self.queue.queues:
-            return self._page(start_response, "400 Bad Request", "<p>Unknown queue.</p>")
-        action = path.rsplit("/", 1)[-1]
-        name = form.get("name", "")
-        if action == "run":
-            self.queue.run_now(queue_name, name)
-        elif action == "delete":
-            self.queue.delete(queue_name, name)
-        elif action == "purge":
-            self.queue.purge(queue_name)
-        else:
-            return self._page(start_response, "404 Not Found", "<p>Not found.</p>")
-        start_response("303 See Other", [("Location", CONSOLE_PATH), ("Content-Length", "0")])
-        return [b""]
-
-    def _button(self, action: str, label: str, queue_name: str, name: str = "") -> str:
-        e = html.escape
-        return (
-            f'<form method="post" action="{CONSOLE_PATH}/{action}" class="inline">'
-            f'<input type="hidden" name="token" value="{e(self.token)}">'
-            f'<input type="hidden" name="queue" value="{e(queue_name)}">'
-            f'<input type="hidden" name="name" value="{e(name)}">'
-            f'<button type="submit" data-action="{action}" data-task="{e(name)}">'
-            f"{e(label)}</button>"
-            "</form>"
-        )
-
-    def _overview(self) -> str:
-        e = html.escape
-        now = self.queue.now()
-        counts = self.queue.counts()
-        parts: list[str] = []
-        for queue_name, config in self.queue.queues.items():
-            c = counts.get(queue_name, {})
-            rate = "paused" if config.paused else f"{config.rate:g}/s"
-            limit = config.max_concurrent_requests or "-"
-            parts.append(
-                f'<section data-queue="{e(queue_name)}"><h2>{e(queue_name)}</h2>'
-                f"<p>rate {e(rate)}, bucket {config.bucket_size}, max concurrent {limit}, "
-                f"mode {e(config.mode)}; pending {c.get('pending', 0)}, running "
-                f"{c.get('leased', 0)}, done {c.get('done', 0)}, failed {c.get('failed', 0)}</p>"
-            )
-            tasks = self.queue.tasks(queue_name) if config.mode == "push" else []
-            if tasks:
-                parts.append(
-                    "<table><tr><th>task</th><th>method</th><th>url</th><th>ETA</th>"
-                    "<th>retries</th><th>last response</th><th>reason</th><th></th></tr>"
-                )
-                for t in tasks:
-                    actions = ""
-                    if t.state == "pending":
-                        actions = self._button("run", "Run now", queue_name, t.task_name)
-                    actions += self._button("delete", "Delete", queue_name, t.task_name)
-                    parts.append(
-                        f'<tr data-task="{e(t.task_name)}"><td>{e(t.task_name)}</td>'
-                        f"<td>{e(t.method)}</td><td>{e(t.url)}</td><td>{e(_when(t.eta, now))}</td>"
-                        f"<td>{t.retry_count}</td><td>{t.previous_response or ''}</td>"
-                        f"<td>{e(t.retry_reason or '')}</td><td>{actions}</td></tr>"
-                    )
-                parts.append("</table>")
-                parts.append(self._button("purge", "Purge queue", queue_name))
-            else:
-                parts.append("<p>No pending tasks.</p>")
-            parts.append("</section>")
-        return "".join(parts)
-
-    def _page(self, start_response: StartResponse, status: str, body: str) -> Iterable[bytes]:
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Task queues</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-            "form.inline{display:inline}</style></head><body><h1>Task queues</h1>"
-            f"{body}</body></html>"
-        ).encode()
-        start_response(
-            status,
-            [
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(page))),
-                ("Cache-Control", "no-store"),
-                ("X-Frame-Options", "DENY"),
-            ],
-        )
-        return [page]
-
-
-def _signed_in(email: str) -> str:
-    logout = f"{LOGOUT_PATH}?{urllib.parse.urlencode({'continue': CONSOLE_PATH})}"
-    return (
-        f'<p id="current">Signed in as {html.escape(email)} (administrator). '
-        f'<a id="logout" href="{html.escape(logout)}">Sign out</a></p>'
-    )
+    key = os.environ.get("TASKHANDLER_SECRET_KEY")
+    if key:
+        return key
+    if db == ":memory:":
+        return secrets.token_urlsafe(32)
+    path = Path(db).with_name(f"{Path(db).stem}.key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        stat = path.stat()
+        if stat.st_uid != os.getuid() or stat.st_mode & 0o077:
+            raise ConfigError(
+                "the sign-in key file must belong to you and be readable by you only "
+                "(chmod 600), or anyone who can read it can sign in as an administrator",
+                path=str(path),
+            ) from None
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) >= 32:
+            return key
+        raise ConfigError(
+            "the sign-in key file is shorter than 32 characters: delete it to make a new one",
+            path=str(path),
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write the sign-in key ({exc.strerror})", path=str(path)) from exc
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(key + "\n")
+    return key
 
 
 class _Router:
@@ -545,8 +481,20 @@ def mount_builtins(app: Any, config: AppConfig | None, *, asgi: bool, key: str, 
 # -- the server ------------------------------------------------------------------------------
 
 
-def build(args: argparse.Namespace) -> tuple[Any, LocalTaskQueue, bool]:
-    """Build (the app to serve, its queue, whether it is ASGI) from the ``serve`` arguments."""
+@dataclass
+class Served:
+    """What ``taskhandler serve`` runs: the app behind the router, its queue and console."""
+
+    app: Any
+    queue: LocalTaskQueue
+    asgi: bool
+    console: QueueConsole
+    recorder: Recorder
+    history: History
+
+
+def build(args: argparse.Namespace) -> Served:
+    """Build the app to serve, its queue, console and history from the ``serve`` arguments."""
     if not is_loopback(args.host):
         raise ConfigError(
             "the development server trusts every request's task headers; it listens on "
@@ -563,11 +511,12 @@ def build(args: argparse.Namespace) -> tuple[Any, LocalTaskQueue, bool]:
         queue_yaml = str(beside) if beside.is_file() else None
     queues = load_queue_yaml(queue_yaml) if queue_yaml else None
     app = import_app(app_target(args.app, config))
-    key = os.environ.get("TASKHANDLER_SECRET_KEY") or secrets.token_urlsafe(32)
+    db = str(args.db or DEFAULT_DB)
+    key = signing_key(db)
     auth = SignedCookieAuth(key)
     trust = TrustPolicy.development()
     asgi = is_asgi(app)
-    app = mount_builtins(app, config, asgi=asgi, key=key, db=str(args.db or DEFAULT_DB))
+    app = mount_builtins(app, config, asgi=asgi, key=key, db=db)
     wrapped: Any
     if asgi:
         from .asgi import TaskMiddleware as AsgiTaskMiddleware
@@ -577,21 +526,60 @@ def build(args: argparse.Namespace) -> tuple[Any, LocalTaskQueue, bool]:
         from .wsgi import TaskMiddleware
 
         wrapped = TaskMiddleware(app, trust=trust, config=config, authenticator=auth)
-    queue = LocalTaskQueue(wrapped, db=args.db or DEFAULT_DB, queues=queues)
-    console = QueueConsole(queue, auth)
+    history = History(history_path(db), limit=getattr(args, "history", None) or 10_000)
+    recorder = Recorder(wrapped, history, asgi=asgi)
+    queue = LocalTaskQueue(recorder, db=db, queues=queues)
+    history.clock = queue.now
+    # The console's forms carry a token derived from the key: it stays valid across restarts.
+    token = hmac.new(key.encode(), b"taskhandler console", hashlib.sha256).hexdigest()
+    console = QueueConsole(queue, auth, db=db, history=history, token=token)
     served: Any
     if asgi:
         served = _AsgiRouter(wrapped, console, bound=args.host)
     else:
         served = _Router(wrapped, console, bound=args.host)
-    return served, queue, asgi
+    return Served(served, queue, asgi, console, recorder, history)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ConfigError (not a traceback) when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another server is running?): stop "
+                "it or choose another port with --port",
+                value=port,
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})", value=port) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Run the development server until interrupted (Ctrl-C or SIGTERM); return the exit code."""
-    served, queue, asgi = build(args)
+    """Run the development server until interrupted (Ctrl-C or SIGTERM); return the exit code.
+
+    With ``--reload`` this process only watches the files and runs the server in a child
+    process, started again whenever a ``.py`` or ``.yaml`` file changes.
+    """
+    if getattr(args, "reload", False) and os.environ.get(_CHILD) != "1":
+        return _reload_loop(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sock = _bind(args.host, args.port)
+    try:
+        served = build(args)
+    except BaseException:
+        sock.close()
+        raise
+    queue = served.queue
     use(queue)
+    served.recorder.install()
     queue.start()
     relay = None
     if getattr(args, "outbox_db_url", None):  # the app's outbox table, relayed to this queue
@@ -600,38 +588,126 @@ def run_serve(args: argparse.Namespace) -> int:
         relay = Outbox(args.outbox_db_url, backend=queue)
         relay.create_table()
         relay.start()
-    url = f"http://{args.host}:{args.port}"
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown_host}:{args.port}"
+    try:
+        if served.asgi:
+            try:
+                import uvicorn
+            except ImportError:
+                raise ConfigError(
+                    "serving an ASGI app needs uvicorn; install it with: "
+                    "pip install 'taskhandler[asgi]'"
+                ) from None
+            server = uvicorn.Server(uvicorn.Config(served.app, log_level="warning"))
+            _announce(url)
+            server.run(sockets=[sock])
+        else:
+            from werkzeug.serving import make_server
+
+            wsgi_server = make_server(
+                args.host, args.port, served.app, threaded=True, fd=sock.fileno()
+            )
+            _announce(url)
+
+            def shutdown(signum: int, frame: object) -> None:
+                threading.Thread(target=wsgi_server.shutdown, daemon=True).start()
+
+            previous = signal.signal(signal.SIGTERM, shutdown)
+            try:
+                wsgi_server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+                wsgi_server.server_close()
+    finally:
+        if relay is not None:
+            relay.close()
+        queue.close()
+        served.recorder.uninstall()
+        served.console.close()
+        served.history.close()
+        sock.close()
+        use(None)
+    return 0
+
+
+def _announce(url: str) -> None:
     print(
         f"taskhandler: serving on {url} (queue console {url}{CONSOLE_PATH}, "
         f"sign in at {url}/_ah/login)",
         flush=True,
     )
+
+
+# -- serve --reload -----------------------------------------------------------------------------
+
+_CHILD = "TASKHANDLER_RELOAD_CHILD"
+_WATCHED = (".py", ".yaml", ".yml")
+
+
+def _snapshot(root: Path) -> dict[str, float]:
+    """Modification times of the watched files under ``root`` (hidden folders and virtual
+    environments skipped)."""
+    times: dict[str, float] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".") and d not in ("__pycache__", "node_modules", "venv")
+        ]
+        for name in files:
+            if name.endswith(_WATCHED):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    times[path] = os.stat(path).st_mtime
+    return times
+
+
+def _changes(root: Path, interval: float = 0.5) -> Iterator[None]:
+    """Yield once per change of a watched file: with watchfiles when it is installed, else by
+    looking at modification times every ``interval`` seconds."""
     try:
-        if asgi:
+        import watchfiles  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        before = _snapshot(root)
+        while True:
+            time.sleep(interval)
+            now = _snapshot(root)
+            if now != before:
+                before = now
+                yield
+    else:
+        for _ in watchfiles.watch(root, watch_filter=lambda change, path: path.endswith(_WATCHED)):
+            yield
+
+
+def _reload_loop(args: argparse.Namespace) -> int:
+    """Run the server in a child process; start it again when a watched file changes."""
+    command = [sys.executable, "-m", "taskhandler.cli", *sys.argv[1:]]
+    env = {**os.environ, _CHILD: "1"}
+    root = Path.cwd()
+    print(f"taskhandler: watching {root} for changes (.py, .yaml)", flush=True)
+    child = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
+    try:
+        for _ in _changes(root):
+            print("taskhandler: a file changed; restarting", flush=True)
+            child.terminate()
             try:
-                import uvicorn
-            except ImportError:
-                raise ConfigError("serving an ASGI app needs uvicorn installed") from None
-            uvicorn.run(served, host=args.host, port=args.port, log_level="warning")
-        else:
-            from werkzeug.serving import make_server
-
-            server = make_server(args.host, args.port, served, threaded=True)
-
-            def shutdown(signum: int, frame: object) -> None:
-                threading.Thread(target=server.shutdown, daemon=True).start()
-
-            previous = signal.signal(signal.SIGTERM, shutdown)
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-                server.server_close()
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            child = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
+    except KeyboardInterrupt:
+        pass
     finally:
-        if relay is not None:
-            relay.close()
-        queue.close()
-        use(None)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
     return 0

@@ -29,6 +29,7 @@ from tests.servers import ROOT, free_port, wait_for_port
 pytestmark = pytest.mark.slow
 
 SECRET = "s" * 40
+SCHEDULED = "/_ah/admin/queues/tasks?queue=default&state=scheduled"
 
 
 def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
@@ -127,7 +128,7 @@ def test_console_run_now_delete_and_purge(devserver: tuple[str, Path]) -> None:
     with _client(base_url, email="admin@example.com", admin=True) as client:
         for name in ("later-1", "later-2", "later-3"):
             client.get("/enqueue", params={"name": name, "countdown": "3600"})
-        page = client.get("/_ah/admin/queues").text
+        page = client.get(SCHEDULED).text
         assert all(f'data-task="{n}"' in page for n in ("later-1", "later-2", "later-3"))
         token = re.search(r'name="token" value="([^"]+)"', page)
         assert token is not None
@@ -139,11 +140,11 @@ def test_console_run_now_delete_and_purge(devserver: tuple[str, Path]) -> None:
         assert act("run", "later-1") == 303
         _wait_for(lambda: any(h["task_name"] == "later-1" for h in _handled(log)))
         assert act("delete", "later-2") == 303
-        page = client.get("/_ah/admin/queues").text
+        page = client.get(SCHEDULED).text
         assert 'data-task="later-2"' not in page
         assert 'data-task="later-3"' in page
         assert act("purge") == 303
-        assert 'data-task="later-3"' not in client.get("/_ah/admin/queues").text
+        assert 'data-task="later-3"' not in client.get(SCHEDULED).text
         bad = client.post("/_ah/admin/queues/purge", data={"token": "forged", "queue": "default"})
         assert bad.status_code == 403
 
@@ -176,13 +177,13 @@ def test_console_actions_refuse_cross_site(
     headers = {k: base_url if v == "SAME" else v for k, v in headers.items()}
     with _client(base_url, email="admin@example.com", admin=True) as client:
         client.get("/enqueue", params={"name": name, "countdown": "3600"})
-        page = client.get("/_ah/admin/queues").text
+        page = client.get(SCHEDULED).text
         token = re.search(r'name="token" value="([^"]+)"', page)
         assert token is not None
         data = {"token": token[1], "queue": "default", "name": name}
         response = client.post("/_ah/admin/queues/delete", data=data, headers=headers)
         assert response.status_code == status
-        still_there = f'data-task="{name}"' in client.get("/_ah/admin/queues").text
+        still_there = f'data-task="{name}"' in client.get(SCHEDULED).text
     assert still_there is (status == 403)
 
 
@@ -238,12 +239,12 @@ def test_console_in_a_browser(devserver: tuple[str, Path]) -> None:
         try:
             page = browser.new_context().new_page()
             page.set_default_timeout(15_000)
-            page.goto(f"{base_url}/_ah/admin/queues")
+            page.goto(f"{base_url}{SCHEDULED}")
             assert page.url.startswith(f"{base_url}/_ah/login")
             page.fill("#email", "ada@example.com")
             page.check("#admin")
             page.click("#submit-login")
-            page.wait_for_url(f"{base_url}/_ah/admin/queues")
+            page.wait_for_url(f"{base_url}{SCHEDULED}")
             rows = page.locator("tr[data-task^='browser-']")
             sync_api.expect(rows).to_have_count(2)
 
@@ -251,7 +252,7 @@ def test_console_in_a_browser(devserver: tuple[str, Path]) -> None:
             _wait_for(lambda: any(h["task_name"] == "browser-run" for h in _handled(log)))
 
             page.click("tr[data-task='browser-delete'] button[data-action='delete']")
-            page.wait_for_url(f"{base_url}/_ah/admin/queues")
+            page.wait_for_url(f"{base_url}{SCHEDULED}&page=1&msg=**")
             sync_api.expect(page.locator("tr[data-task='browser-delete']")).to_have_count(0)
 
             # Sign out from the console: its link shows the confirmation page, whose button
