@@ -61,11 +61,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError
-from ._backend import NewTask
+from ._backend import NO_PULL_QUEUES, NewTask
 from ._errors import (
     Error,
     InternalError,
     InvalidQueueError,
+    InvalidQueueModeError,
     InvalidTaskError,
     PermissionDeniedError,
     TaskAlreadyExistsError,
@@ -75,6 +76,8 @@ from ._errors import (
 )
 from ._queue_yaml import QUEUE_NAME_RE
 from ._task import DEFAULT_QUEUE
+
+_HTTP_MAX_DEADLINE = 1800.0  # seconds: Cloud Tasks' limit for HTTP target tasks
 
 if TYPE_CHECKING:
     from google.api_core.exceptions import GoogleAPICallError
@@ -320,6 +323,8 @@ class CloudTasksBackend:
             Error: the task cannot be expressed (unknown queue, bad target).
         """
         v2 = self._tasks_v2
+        if task.method == "PULL":
+            raise InvalidQueueModeError(NO_PULL_QUEUES.format(backend=type(self).__name__))
         queue_path = self.queue_path(task.queue_name)
         if task.retry is not None and not self._warned_retry:
             self._warned_retry = True
@@ -339,6 +344,13 @@ class CloudTasksBackend:
         # An ETA not in the future is "now": leave the schedule to Cloud Tasks.
         if task.eta > self.now():
             fields["schedule_time"] = _timestamp(task.eta)
+        if task.dispatch_deadline is not None:
+            if self.base_url is not None and task.dispatch_deadline > _HTTP_MAX_DEADLINE:
+                raise InvalidTaskError(
+                    f"dispatch_deadline_usec of {task.dispatch_deadline:g} s is over the 30 "
+                    "minutes Cloud Tasks allows HTTP target tasks"
+                )
+            fields["dispatch_deadline"] = datetime.timedelta(seconds=task.dispatch_deadline)
         if self.base_url is not None:
             if task.target:
                 raise InvalidTaskError(
