@@ -8,8 +8,10 @@ writes the response around the protocol-neutral part in :mod:`taskhandler.handle
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
@@ -82,6 +84,10 @@ class TaskHandler(Generic[F]):
             return self.wsgi(args[0], args[1])
         if len(args) == 3 and not kwargs and isinstance(args[0], dict) and "type" in args[0]:
             return asgi.serve_handler(self, args[0], args[1], args[2])
+        if args and _is_django_request(args[0]):  # a Django view
+            from .django._views import serve_view
+
+            return serve_view(self, args[0], args[1:], kwargs)
         return self._flask_view(**kwargs)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
@@ -93,8 +99,12 @@ class TaskHandler(Generic[F]):
         """Serve one request as a WSGI application."""
         return wsgi.serve_handler(self, environ, start_response)
 
-    def _webapp_method(self, handler_self: Any, *args: Any, **kwargs: Any) -> None:
+    def _webapp_method(self, handler_self: Any, *args: Any, **kwargs: Any) -> Any:
         """Run as a method of a webapp2-style ``RequestHandler``: write into its response."""
+        if args and _is_django_request(args[0]):  # a method of a Django class-based view
+            from .django._views import serve_view
+
+            return serve_view(self, args[0], args[1:], kwargs, bound=handler_self)
         response = handler_self.response
         app = functools.partial(wsgi.serve_handler, self, bound=handler_self)
         status, headers, body = wsgi.call_wsgi(app, handler_self.request.environ)
@@ -120,8 +130,44 @@ class AsyncTaskHandler(TaskHandler[F]):
     and lets Starlette's ``Route`` mount it as an app.
     """
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await asgi.serve_handler(self, scope, receive, send)
+    def __init__(self, func: F, **options: Any) -> None:
+        super().__init__(func, **options)
+        _mark_coroutine(self)  # so Django (asgiref) awaits it as an async view
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and _is_django_request(args[0]):  # an async Django view
+            from .django._views import aserve_view
+
+            return await aserve_view(self, args[0], args[1:], kwargs)
+        await asgi.serve_handler(self, *args)
+        return None
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return functools.partial(self._async_method, instance)
+
+    async def _async_method(self, handler_self: Any, request: Any, *args: Any, **kw: Any) -> Any:
+        """Run as an ``async def`` method of a Django class-based view."""
+        from .django._views import aserve_view
+
+        return await aserve_view(self, request, args, kw, bound=handler_self)
+
+
+def _is_django_request(obj: Any) -> bool:
+    """Whether ``obj`` is a Django ``HttpRequest`` (Django is not imported for this)."""
+    return any(
+        cls.__name__ == "HttpRequest" and cls.__module__ == "django.http.request"
+        for cls in type(obj).__mro__
+    )
+
+
+def _mark_coroutine(obj: Any) -> None:
+    """Mark a callable object as a coroutine function, as ``asgiref``/``inspect`` read it."""
+    if sys.version_info >= (3, 12):
+        inspect.markcoroutinefunction(obj)
+    else:  # what asgiref.sync.iscoroutinefunction looks for before 3.12
+        obj._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 def _make(func: Any, options: dict[str, Any]) -> TaskHandler[Any]:
