@@ -182,7 +182,7 @@ def decide(view: RequestView, settings: Settings, user: UserOf) -> Decision:
     # 2. Which headers go: the task headers of a request that is not trusted.
     strip = strips_task_headers(view, trusted_by)
     # 3. May this request reach this URL?
-    is_task = trusted_by is not None and describes_a_task(name for name, _ in view.task_headers)
+    is_task = trusted_by is not None and describes_a_task([name for name, _ in view.task_headers])
     refusal = access_refusal(view, settings, is_task=is_task, user=user)
     # 4. The task it describes.
     context = None
