@@ -19,6 +19,15 @@ def _version() -> str:
     return __version__
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except for options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _queue_arguments(parser: argparse.ArgumentParser) -> None:
     from .devserver import DEFAULT_DB
 
@@ -35,7 +44,7 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from .devserver import DEFAULT_DB
 
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _Formatter
     parser = argparse.ArgumentParser(
         prog="taskhandler",
         description="Push-queue task handlers the App Engine way.",

@@ -487,7 +487,11 @@ class Recorder:
             )
         else:
             error, trace = _error_of(records)
-        kept = [(k, v) for k, v in headers.items() if k not in ("cookie", "authorization")]
+        kept = [
+            ("-".join(word.capitalize() for word in k.split("-")), v)
+            for k, v in headers.items()
+            if k not in ("cookie", "authorization")
+        ]
         try:
             self.history.record(
                 queue_name=queue_name, task_name=task_name, retry_count=retry_count,

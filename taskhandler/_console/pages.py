@@ -27,19 +27,18 @@ STATE_WORDS = {
 
 
 def in_words(moment: float, now: float) -> str:
-    """``"in 59 minutes"``, ``"3 seconds ago"``, ``"now"``."""
+    """``"in 59 minutes"``, ``"3 seconds ago"``, ``"now"``: the largest unit that fits, rounded."""
     delta = moment - now
-    seconds = abs(delta)
+    seconds = round(abs(delta))
     if seconds < 1:
         return "now"
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+    count, unit = seconds, "second"
+    for size, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= size:
-            count = round(seconds / size) if size > 1 else int(seconds)
-            if size > 1 and count * size > seconds + size / 2:  # pragma: no cover - rounding
-                count -= 1
-            words = f"{count} {unit}{'' if count == 1 else 's'}"
-            return f"in {words}" if delta > 0 else f"{words} ago"
-    return "now"  # pragma: no cover
+            count, unit = round(seconds / size), name
+            break
+    words = f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"in {words}" if delta > 0 else f"{words} ago"
 
 
 def utc_text(moment: float) -> str:
