@@ -223,11 +223,11 @@ def eta_from(eta: datetime.datetime | None, countdown: float | None, now: float)
 
 
 class CaselessDict(MutableMapping[str, Any]):
-    """A dict whose keys compare case-insensitively and keep the spelling first given.
+    """A dict whose keys compare case-insensitively and keep the spelling last given.
 
-    ``Task.headers`` is one, as on App Engine (``urlfetch._CaselessDict``):
-    ``headers["Content-Type"]`` finds a ``content-type`` key. Values are kept as given (a list
-    stays a list).
+    A task keeps its headers in one, as App Engine's (``urlfetch._CaselessDict``) does, so a
+    default content type is added only when no spelling of ``Content-Type`` was given.
+    Values are kept as given (a list stays a list).
     """
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
@@ -239,9 +239,7 @@ class CaselessDict(MutableMapping[str, Any]):
         return self._data[key.lower()][1]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        folded = key.lower()
-        spelling = self._data[folded][0] if folded in self._data else key
-        self._data[folded] = (spelling, value)
+        self._data[key.lower()] = (key, value)  # the latest spelling, as App Engine's
 
     def __delitem__(self, key: str) -> None:
         del self._data[key.lower()]
@@ -258,6 +256,10 @@ class CaselessDict(MutableMapping[str, Any]):
     def copy(self) -> CaselessDict:
         """A shallow copy."""
         return CaselessDict(self)
+
+    def plain(self) -> dict[str, Any]:
+        """A plain (case-sensitive) dict of the items."""
+        return {spelling: value for spelling, value in self._data.values()}
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
@@ -339,7 +341,7 @@ class Task:
             raise InvalidTaskNameError(
                 f'The task name does not match expression "{TASK_NAME_PATTERN}"; found {name!r}'
             )
-        self._name = name or None
+        self._name = name  # "" is kept, as App Engine keeps it: both mean "no name"
         self._default_url, path, query = _split_url(url or "")
         method_upper = str(method).upper()
         self._method = method_upper
@@ -473,13 +475,13 @@ class Task:
         return self._default_url
 
     @property
-    def headers(self) -> MutableMapping[str, Any]:
-        """A copy of the headers as given, case-insensitive, with the content type added.
+    def headers(self) -> dict[str, Any]:
+        """A copy of the headers as given, with the content type the task added, as a dict.
 
-        Values are as given (a list value stays a list). A content type the task sets itself
-        is spelt ``content-type``, as App Engine spells it.
+        As App Engine's: a plain (case-sensitive) dict; values are as given (a list value stays
+        a list); a content type the task sets itself is spelt ``content-type``.
         """
-        return self._headers.copy()
+        return self._headers.plain()
 
     @property
     def header_list(self) -> list[tuple[str, str]]:
@@ -488,7 +490,8 @@ class Task:
         ``X-AppEngine-*`` and ``X-CloudTasks-*`` headers are left out: only the queue sets them.
         """
         return [
-            (key, value)
+            # App Engine's object spells it content-type; requests carry the usual spelling.
+            ("Content-Type" if key.lower() == "content-type" else key, value)
             for key, value in _flatten(self._headers)
             if not key.lower().replace("_", "-").startswith(_RESERVED_PREFIXES)
         ]
