@@ -624,6 +624,8 @@ class QueueConsole:
         handler = handlers.get(action)
         if handler is None:
             return self._message_page("404 Not Found", "Not found", "")
+        if isinstance(self.source, TaskBrowser):
+            self.source.changed()
         try:
             message, failed = handler(queue_name, name, form)
         except (TransientError, InternalError):
