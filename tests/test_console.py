@@ -294,6 +294,32 @@ def test_purge_asks_first(server: Served) -> None:
     assert server.queue.tasks("default") == []
 
 
+def test_pause_and_resume(server: Served, tmp_path: Path) -> None:
+    """*Pause* keeps a queue's tasks waiting (and says so to *run now*); *resume* runs them."""
+    assert _post(server, "pause", queue="default", back=CONSOLE_PATH)[0] == 303
+    assert server.queue.is_paused("default")
+    assert '<span class="badge paused">paused</span>' in _get(server, "")[1]
+    _add(server, url="/tasks/ok", name="held")
+    assert server.queue.run_until_idle(timeout=5) == 0
+    assert [t.task_name for t in server.queue.tasks("default")] == ["held"]
+    _, location = _post(server, "run", queue="default", name="held", back=CONSOLE_PATH)
+    assert "is+paused" in location
+    assert _post(server, "resume", queue="default", back=CONSOLE_PATH)[0] == 303
+    assert not server.queue.is_paused("default")
+    assert server.queue.run_until_idle(timeout=30) == 1
+    assert server.queue.tasks("default") == []
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param("pause", id="pause"), pytest.param("resume", id="resume")],
+)
+def test_pause_of_an_unknown_queue_is_refused(server: Served, method: str) -> None:
+    """Pausing or resuming a queue that is not declared raises UnknownQueueError."""
+    with pytest.raises(taskqueue.UnknownQueueError):
+        getattr(server.queue, method)("nope")
+
+
 def test_live_endpoint_gives_the_page_part_as_json(server: Served) -> None:
     """``/live`` answers JSON whose ``html`` is the part of the page that refreshes."""
     _add(server, url="/tasks/ok", name="live-1", countdown=600)

@@ -114,9 +114,6 @@ class QueueConsole:
         history: what the development server recorded of each attempt (attempts, failed and
             done tasks, the chart); ``None``: a history kept in memory.
         token: the token the console's forms carry (default: random per process).
-        pause: ``(queue name, paused)`` -> None, pausing or resuming a queue; None when the
-            queue cannot be paused at run time.
-        paused: queue name -> whether it is paused now.
     """
 
     def __init__(
@@ -127,8 +124,6 @@ class QueueConsole:
         db: str | None = None,
         history: History | None = None,
         token: str | None = None,
-        pause: Callable[[str, bool], None] | None = None,
-        paused: Callable[[str], bool] | None = None,
     ) -> None:
         self.queue = queue
         self.auth = auth
@@ -139,9 +134,7 @@ class QueueConsole:
         # Forms carry this token: the cookie is SameSite=Strict, and the token also
         # stops a cross-site form from running or deleting tasks.
         self.token = token or secrets.token_urlsafe(24)
-        self._pause = pause
         self._request = threading.local()
-        self._paused = paused or (lambda name: self.queue.queues[name].paused)
 
     def close(self) -> None:
         """Close the console's read connection."""
@@ -283,7 +276,7 @@ class QueueConsole:
         rows = []
         for name, config in self.queue.queues.items():
             counts = live.get(name, {})
-            paused = config.mode == "push" and self._paused(name)
+            paused = config.mode == "push" and self.queue.is_paused(name)
             cells = "".join(
                 pages.count_cell(
                     counts.get(state, 0),
@@ -303,11 +296,10 @@ class QueueConsole:
             actions = ""
             if config.mode == "push":
                 fields = {"token": self.token, "queue": name, "back": CONSOLE_PATH}
-                if self._pause is not None:
-                    action = "resume" if paused else "pause"
-                    actions += pages.button(
-                        f"{CONSOLE_PATH}/{action}", action, action.title(), fields, task=name
-                    )
+                action = "resume" if paused else "pause"
+                actions += pages.button(
+                    f"{CONSOLE_PATH}/{action}", action, action.title(), fields, task=name
+                )
                 purge = pages.link(CONSOLE_PATH, "/purge", queue=name)
                 actions += (
                     f' <a class="button danger" data-action="purge" href="{e(purge)}">Purge…</a>'
@@ -645,7 +637,7 @@ class QueueConsole:
         return _Answer("303 See Other", b"", location=target)
 
     def _run(self, queue_name: str, name: str, form: dict[str, str]) -> tuple[str, bool]:
-        if self._paused(queue_name):
+        if self.queue.is_paused(queue_name):
             return f"Queue {queue_name} is paused: resume it to run {name}.", True
         if self.queue.run_now(queue_name, name):
             return f"Task {name} runs now.", False
@@ -661,9 +653,12 @@ class QueueConsole:
         return f"Task {name} is no longer waiting (it ran or was deleted).", True
 
     def _set_paused(self, queue_name: str, paused: bool) -> tuple[str, bool]:
-        if self._pause is None:
-            return "Queues cannot be paused here.", True
-        self._pause(queue_name, paused)
+        if paused:
+            self.queue.pause(queue_name)
+        elif self.queue.queues[queue_name].paused:
+            return f"Queue {queue_name} has rate 0 in queue.yaml: change it there.", True
+        else:
+            self.queue.resume(queue_name)
         return f"Queue {queue_name} {'paused' if paused else 'resumed'}.", False
 
     def _retry(self, queue_name: str, name: str, form: dict[str, str]) -> tuple[str, bool]:

@@ -122,6 +122,18 @@ class DispatchLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def pause(self, queue_name: str, paused: bool) -> None:
+        """Pause or resume a queue; the pump looks again at once."""
+        if paused:
+            self._scheduler.paused.add(queue_name)
+        else:
+            self._scheduler.paused.discard(queue_name)
+        self.wake()
+
+    def is_paused(self, queue_name: str) -> bool:
+        """Whether :meth:`pause` paused the queue."""
+        return queue_name in self._scheduler.paused
+
     def wake(self) -> None:
         """Tell the pump to look again (a task was added or made due)."""
         if not self._wake.is_set():  # the common case while the pump is busy: no lock taken

@@ -429,6 +429,24 @@ class LocalTaskQueue:
             raise Error(f"no task {task_name!r} in queue {queue_name!r}")
         return expires
 
+    def pause(self, queue_name: str) -> None:
+        """Stop starting the queue's tasks until :meth:`resume` (they are kept, and may still be
+        added). Deliveries in flight finish. Lasts while this object lives, like the console's
+        *Pause*; a ``rate: 0`` in queue.yaml pauses a queue for good.
+        """
+        self.check_queue(queue_name)
+        self._loop.pause(queue_name, True)
+
+    def resume(self, queue_name: str) -> None:
+        """Start the queue's tasks again after :meth:`pause`."""
+        self.check_queue(queue_name)
+        self._loop.pause(queue_name, False)
+
+    def is_paused(self, queue_name: str) -> bool:
+        """True when the queue is paused: by :meth:`pause`, or by ``rate: 0`` in queue.yaml."""
+        self.check_queue(queue_name)
+        return self._queues[queue_name].paused or self._loop.is_paused(queue_name)
+
     def tasks(self, queue_name: str = "default") -> list[QueuedTask]:
         """The tasks still to run in ``queue_name`` (pending or being delivered), in ETA order.
 

@@ -125,6 +125,7 @@ class Scheduler:
             name: TokenBucket(config.rate, config.bucket_size)
             for name, config in self.queues.items()
         }
+        self.paused: set[str] = set()  # paused while running (pause()), beside rate 0
         self._turn = 0
         self._policies: dict[tuple[str, RetryParameters | None], RetryPolicy] = {}
 
@@ -138,7 +139,11 @@ class Scheduler:
 
         Each call moves the turn on by one, so no queue is always served first.
         """
-        names = [n for n, c in self.queues.items() if c.mode == "push" and not c.paused]
+        names = [
+            n
+            for n, c in self.queues.items()
+            if c.mode == "push" and not c.paused and n not in self.paused
+        ]
         self._turn += 1
         if names:
             k = self._turn % len(names)
@@ -152,6 +157,7 @@ class Scheduler:
             for name, config in self.queues.items()
             if config.mode == "push"
             and not config.paused
+            and name not in self.paused
             and (
                 config.max_concurrent_requests is None
                 or self.leased[name] < config.max_concurrent_requests
@@ -190,7 +196,7 @@ class Scheduler:
         best: float | None = None
         for name, eta in earliest.items():
             config = self.queues.get(name)
-            if config is None or config.mode != "push" or config.paused:
+            if config is None or config.mode != "push" or config.paused or name in self.paused:
                 continue
             limit = config.max_concurrent_requests
             if limit is not None and self.leased[name] >= limit:
