@@ -19,7 +19,15 @@
         return response.json();
       })
       .then(function (data) {
-        if (data.html !== last) { last = data.html; live.innerHTML = data.html; }
+        if (data.html !== last) {
+          // Keep open what the reader opened (a traceback, say).
+          var open = [];
+          live.querySelectorAll("details").forEach(function (d, i) { if (d.open) { open.push(i); } });
+          last = data.html;
+          live.innerHTML = data.html;
+          var all = live.querySelectorAll("details");
+          open.forEach(function (i) { if (all[i]) { all[i].open = true; } });
+        }
         if (status) { status.textContent = "updated " + new Date().toLocaleTimeString(); }
       })
       .catch(function (error) {
