@@ -47,6 +47,7 @@ from typing import Any, cast
 
 from . import deferred
 from ._console import CONSOLE_PATH, History, QueueConsole, Recorder, history_path
+from ._console.history import AsgiRecorder
 from ._types import ASGIApplication, Receive, Scope, Send, StartResponse, WSGIApplication
 from .auth import SignedCookieAuth
 from .config import AppConfig, load_app_yaml
@@ -527,7 +528,7 @@ def build(args: argparse.Namespace) -> Served:
 
         wrapped = TaskMiddleware(app, trust=trust, config=config, authenticator=auth)
     history = History(history_path(db), limit=getattr(args, "history", None) or 10_000)
-    recorder = Recorder(wrapped, history, asgi=asgi)
+    recorder = (AsgiRecorder if asgi else Recorder)(wrapped, history)
     queue = LocalTaskQueue(recorder, db=db, queues=queues)
     history.clock = queue.now
     # The console's forms carry a token derived from the key: it stays valid across restarts.

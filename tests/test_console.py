@@ -385,6 +385,46 @@ def test_task_that_keeps_getting_404_is_reported(
     assert "POST /no/such/route" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("tests.test_console:app", id="WSGI (Flask)"),
+        pytest.param("tests.test_console:asgi_app", id="ASGI (Starlette)"),
+    ],
+)
+def test_attempts_are_recorded_for_wsgi_and_asgi_apps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """Each delivery to a WSGI or an ASGI app is recorded with its status, request body and
+    the exception the app raised."""
+    monkeypatch.setenv("TASKHANDLER_SECRET_KEY", SECRET)
+    monkeypatch.setenv("CONSOLE_TEST_DIR", str(tmp_path))
+    (tmp_path / "queue.yaml").write_text(QUEUE_YAML)
+    args = argparse.Namespace(
+        app=target, app_yaml=None, queue_yaml=str(tmp_path / "queue.yaml"), host="127.0.0.1",
+        port=8080, db=str(tmp_path / "q.sqlite3"), history=100,
+    )  # fmt: skip
+    served = build(args)
+    served.recorder.install()
+    try:
+        _add(served, url="/tasks/fail", name="f", params={"k": "v"})
+        served.queue.run_until_idle(timeout=30)
+        attempts = served.history.attempts("default", "f")
+    finally:
+        served.recorder.uninstall()
+        served.queue.close()
+        served.console.close()
+        served.history.close()
+    assert [(a.retry_count, a.status, a.outcome) for a in attempts] == [
+        (0, 500, "retry"),
+        (1, 500, "failed"),
+    ]
+    assert attempts[0].payload == b"k=v"
+    assert attempts[0].error == "ValueError: boom on attempt 0"
+    assert attempts[1].traceback is not None
+    assert "raise ValueError" in attempts[1].traceback
+
+
 def test_history_keeps_the_newest(tmp_path: Path) -> None:
     """The history keeps at most ``limit`` attempts (the newest) and counts every one."""
     history = History(str(tmp_path / "h.sqlite3"), limit=5)
@@ -440,7 +480,7 @@ def test_payload_is_shown_readably(
     assert shown in pretty_payload(payload, headers)
 
 
-# -- the app the server runs -----------------------------------------------------------------
+# -- the apps the server runs ----------------------------------------------------------------
 
 app = Flask(__name__)
 
@@ -459,3 +499,24 @@ def fail() -> str:
     with open(folder / "handled", "a") as handled:
         handled.write(request.get_data(as_text=True) + "\n")
     return "ok"
+
+
+async def _asgi_fail(request: Any) -> Any:
+    from starlette.responses import PlainTextResponse
+
+    retry = request.headers.get("X-AppEngine-TaskRetryCount", "?")
+    try:
+        raise ValueError(f"boom on attempt {retry}")
+    except ValueError:
+        logging.getLogger("tests.asgi").exception("task failed")
+    return PlainTextResponse("failed", status_code=500)
+
+
+def _asgi_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/tasks/fail", _asgi_fail, methods=["POST"])])
+
+
+asgi_app = _asgi_app()

@@ -436,16 +436,16 @@ def _error_of(records: list[logging.LogRecord]) -> tuple[str | None, str | None]
 
 
 class Recorder:
-    """Records each task delivery the queue makes to ``app`` into ``history`` (WSGI or ASGI).
+    """Records each task delivery the queue makes to ``app`` into ``history`` (WSGI; see
+    :class:`AsgiRecorder`).
 
     Only deliveries from the local queue (peer ``0.1.0.2`` with ``X-AppEngine-QueueName`` and
     ``X-AppEngine-TaskName``) are recorded; other requests pass through untouched.
     """
 
-    def __init__(self, app: Any, history: History, *, asgi: bool) -> None:
+    def __init__(self, app: Any, history: History) -> None:
         self.app = app
         self.history = history
-        self.asgi = asgi
         self._capture = _Capture(history)
         self._warned: set[tuple[str, str]] = set()
 
@@ -456,11 +456,6 @@ class Recorder:
     def uninstall(self) -> None:
         """Stop capturing."""
         logging.getLogger().removeHandler(self._capture)
-
-    def __call__(self, *args: Any) -> Any:
-        if self.asgi:
-            return self._asgi(*args)
-        return self._wsgi(*args)
 
     def _save(
         self,
@@ -513,7 +508,7 @@ class Recorder:
 
     # -- WSGI ----------------------------------------------------------------------------------
 
-    def _wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REMOTE_ADDR") != QUEUE_PEER or "HTTP_X_APPENGINE_TASKNAME" not in environ:
             app: WSGIApplication = self.app
             return app(environ, start_response)
@@ -560,9 +555,11 @@ class Recorder:
             )  # fmt: skip
         return chunks
 
-    # -- ASGI ----------------------------------------------------------------------------------
 
-    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+class AsgiRecorder(Recorder):
+    """:class:`Recorder` for an ASGI app."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         app: ASGIApplication = self.app
         client = scope.get("client") or ("", 0)
         if scope["type"] != "http" or client[0] != QUEUE_PEER:
