@@ -20,9 +20,10 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from .. import asgi, wsgi
 from .._async_deadline import AsyncArmed, arm_async
@@ -42,6 +43,7 @@ from .._response import OUTCOME_HEADER, Response
 from .._watchdog import Armed, arm
 from ..context import TaskContext
 from ..context import _current as _current_task
+from ..exceptions import ConfigError
 from ..headers import TASK_HEADER_PREFIXES
 from ..outcome import (
     Result,
@@ -90,10 +92,16 @@ class TaskMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any], settings: Settings | None = None):
         self.get_response = get_response
-        self.settings = settings if settings is not None else settings_from_django()
+        if settings is None:  # built by Django from MIDDLEWARE
+            settings = settings_from_django()
+            if isinstance(settings.authenticator, SessionAuth):
+                _check_auth_middleware_first(type(self))
+        self.settings = settings
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+            # Django reads process_view once; in async Django it must be a coroutine function.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
@@ -158,6 +166,82 @@ class TaskMiddleware:
         if refusal.status == 302 and (refusal.location or "").startswith(LOGIN_MARK):
             return state, _login_redirect(request)
         return state, http_response(refusal_response(refusal))
+
+    # -- step 5 for views of the other kind -------------------------------------------------
+
+    def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> Any:
+        """Sync Django: an ``async def`` view of a task request runs under an asyncio deadline.
+
+        Django would run it in an event loop of its own while this thread waits in a lock,
+        where the thread's deadline cannot reach it; so it is run here, with the asyncio
+        deadline driver ending with the thread's deadline.
+        """
+        ctx = self._running(request)
+        if ctx is None or not iscoroutinefunction(view):
+            return None
+        outer = ctx._armed_deadline()
+        if not isinstance(outer, Armed):
+            return None
+        return async_to_sync(self._run_async_view)(
+            request, view, args, kwargs, outer.remaining() + self.settings.grace
+        )
+
+    async def _run_async_view(
+        self, request: Any, view: Any, args: Any, kwargs: Any, deadline: float
+    ) -> Any:
+        ctx = request.task
+        token = _current_task.set(ctx)
+        try:
+            armed = arm_async(max(deadline, 0.0), self.settings.grace)
+            return await armed.run(view(request, *args, **kwargs))
+        except Exception as exc:
+            return self._view_failed(request, exc)
+        finally:
+            _current_task.reset(token)
+
+    async def _aprocess_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> Any:
+        """Async Django: a sync view of a task request runs under a thread deadline.
+
+        Django would run it in a worker thread that the asyncio deadline cannot stop; so it is
+        run here, in that same thread (``thread_sensitive``), with a thread deadline ending
+        with the request's.
+        """
+        ctx = self._running(request)
+        if ctx is None or iscoroutinefunction(view):
+            return None
+        run = sync_to_async(self._run_sync_view, thread_sensitive=True)
+        return await run(request, view, args, kwargs)
+
+    def _run_sync_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> Any:
+        ctx = request.task
+        from django.core.handlers.base import BaseHandler
+
+        view = BaseHandler.make_view_atomic(BaseHandler(), view)  # ATOMIC_REQUESTS
+        token = _in_view_thread.set(True)
+        try:
+            armed = thread_deadline(ctx, force=True)
+            try:
+                return view(request, *args, **kwargs)
+            finally:
+                if armed is not None:
+                    armed.disarm()
+        except Exception as exc:
+            return self._view_failed(request, exc)
+        finally:
+            _in_view_thread.reset(token)
+
+    def _running(self, request: Any) -> TaskContext | None:
+        """The task this middleware runs for ``request`` (not one an outer layer runs)."""
+        ctx = getattr(request, "task", None)
+        if ctx is None or _outer_state(request) is not None:
+            return None
+        return ctx  # type: ignore[no-any-return]
+
+    def _view_failed(self, request: Any, exc: Exception) -> Any:
+        answer = self.process_exception(request, exc)
+        if answer is None:  # Django's own answers (Http404, ...): Django makes them
+            raise exc
+        return answer
 
     # -- step 6 for exceptions raised by views ---------------------------------------------
 
@@ -242,16 +326,37 @@ def user_of(settings: Settings, request: Any) -> UserOf:
     return LazyUser(authenticator, functools.partial(request_info, request))
 
 
+_NEEDS_AUTH = (
+    "taskhandler.django.TaskMiddleware reads Django's session user: put it after "
+    "django.contrib.auth.middleware.AuthenticationMiddleware in MIDDLEWARE (or set "
+    "TASKHANDLER['AUTHENTICATOR'] to None)"
+)
+
+
+def _check_auth_middleware_first(cls: type) -> None:
+    """At start-up: Django's auth middleware comes before this one in ``MIDDLEWARE``."""
+    from django.conf import settings
+    from django.contrib.auth.middleware import AuthenticationMiddleware
+    from django.utils.module_loading import import_string
+
+    names = list(settings.MIDDLEWARE)
+    classes = []
+    for name in names:
+        try:
+            classes.append(import_string(name))
+        except ImportError:
+            classes.append(None)  # Django reports it itself
+    mine = [i for i, c in enumerate(classes) if isinstance(c, type) and issubclass(c, cls)]
+    if not mine:
+        return  # built by hand (a test, @task_handler without the middleware)
+    before = classes[: mine[0]]
+    if not any(isinstance(c, type) and issubclass(c, AuthenticationMiddleware) for c in before):
+        raise ConfigError(_NEEDS_AUTH, value=names)
+
+
 def _session_user(request: Any) -> User | None:
     if not hasattr(request, "user"):
-        from ..exceptions import ConfigError
-
-        raise ConfigError(
-            "taskhandler.django.TaskMiddleware reads Django's session user: put it after "
-            "django.contrib.auth.middleware.AuthenticationMiddleware in MIDDLEWARE (or set "
-            "TASKHANDLER['AUTHENTICATOR'] to None)",
-            value="MIDDLEWARE",
-        )
+        raise ConfigError(_NEEDS_AUTH, value="MIDDLEWARE")
     return SessionAuth.user_of(request.user)
 
 
@@ -480,13 +585,19 @@ def _log_path(request: Any) -> str:
     return str(request.path)
 
 
-def thread_deadline(ctx: TaskContext) -> Armed | None:
+_in_view_thread: ContextVar[bool] = ContextVar("taskhandler_django_view_thread", default=False)
+
+
+def thread_deadline(ctx: TaskContext, *, force: bool = False) -> Armed | None:
     """A thread deadline ending with the request's asyncio one, for a sync view's thread.
 
     Under ASGI Django runs a sync view in a worker thread; the asyncio deadline raises at the
     ``await`` of that thread and cannot stop it, so the thread gets its own with the same end.
-    ``None`` when the request's deadline is a thread deadline already (or there is none).
+    ``None`` when the request's deadline is a thread deadline already (or there is none), or
+    when the middleware armed one for this view's thread already.
     """
+    if _in_view_thread.get() and not force:
+        return None
     outer = ctx._armed_deadline()
     if not isinstance(outer, AsyncArmed):
         return None

@@ -13,6 +13,8 @@ Django is configured once per process (:func:`configure`); each case runs under
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,7 +63,19 @@ def configure() -> None:
                 "django.contrib.sessions",
             ],
             MIDDLEWARE=[],
-            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            # A real SQLite file for the test database (pytest-django creates and removes it):
+            # requests served by ASGIHandler use it from other threads.
+            DATABASES={
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": os.path.join(tempfile.gettempdir(), "taskhandler-django.sqlite3"),
+                    "TEST": {
+                        "NAME": os.path.join(
+                            tempfile.gettempdir(), f"taskhandler-django-test-{os.getpid()}.sqlite3"
+                        )
+                    },
+                }
+            },
             CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
             LOGIN_URL="/accounts/login/",
             TASKHANDLER={"AUTHENTICATOR": None},
