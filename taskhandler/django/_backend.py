@@ -272,12 +272,16 @@ class TaskQueueBackend(BaseTaskBackend):  # type: ignore[misc]
         else:
             cache.set(self._key(result.id), record, self.result_ttl)
 
+    def _record(self, result_id: str) -> dict[str, Any] | None:
+        cache = self._cache()
+        record = cache.get(self._key(result_id)) if cache is not None else None
+        return record if isinstance(record, dict) else None
+
     def get_result(self, result_id: str) -> Any:
         """The result of a task enqueued here (``OPTIONS['RESULTS']`` names the cache)."""
-        cache = self._cache()
-        if cache is None:
+        if self._cache() is None:
             return super().get_result(result_id)
-        record = cache.get(self._key(result_id))
+        record = self._record(result_id)
         if record is None:
             raise TaskResultDoesNotExist(result_id)
         task = import_string(record["task"])
@@ -299,6 +303,12 @@ class TaskQueueBackend(BaseTaskBackend):  # type: ignore[misc]
         """Run one delivered task; what it raises is the outcome (SPEC §6)."""
         task, args, kwargs = self._decode(body)
         result = self._result(task, ctx.task_name, args, kwargs, TaskResultStatus.RUNNING)
+        known = self._record(ctx.task_name)
+        if known is not None:  # what earlier attempts left: when it was enqueued, its errors
+            object.__setattr__(result, "enqueued_at", known["enqueued_at"])
+            result.errors.extend(
+                TaskError(exception_class_path=path, traceback=tb) for path, tb in known["errors"]
+            )
         started = _now()
         for field in ("started_at", "last_attempted_at"):
             object.__setattr__(result, field, started)

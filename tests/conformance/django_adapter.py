@@ -79,6 +79,14 @@ def configure() -> None:
             CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
             LOGIN_URL="/accounts/login/",
             TASKHANDLER={"AUTHENTICATOR": None},
+            # Django's tasks framework checks tasks against the backend when they are defined.
+            TASKS={
+                "default": {
+                    "BACKEND": "taskhandler.django.TaskQueueBackend",
+                    "QUEUES": ["default", "mail", "urgent"],
+                    "OPTIONS": {"RESULTS": "default", "PRIORITY_QUEUES": {10: "urgent"}},
+                }
+            },
             DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         )
     django.setup()
