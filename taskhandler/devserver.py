@@ -289,7 +289,8 @@ def signing_key(db: str) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         stat = path.stat()
-        if stat.st_uid != os.getuid() or stat.st_mode & 0o077:
+        owner = os.getuid() if hasattr(os, "getuid") else stat.st_uid  # POSIX only
+        if stat.st_uid != owner or stat.st_mode & 0o077:
             raise ConfigError(
                 "the sign-in key file must belong to you and be readable by you only "
                 "(chmod 600), or anyone who can read it can sign in as an administrator",
