@@ -28,6 +28,7 @@ from taskhandler import (
     current_task,
     task_handler,
 )
+from taskhandler._watchdog import INTERRUPTS_SUPPORTED
 from tests.conformance.django_adapter import URLConf, call_django_asgi, configure
 from tests.conformance.harness import ASGIAdapter, Request, WSGIAdapter
 
@@ -149,6 +150,11 @@ def busy_view(request: Any) -> Any:
     return HttpResponse("too late")
 
 
+def sleepy_view(request: Any) -> Any:
+    time.sleep(0.5)  # past the hard deadline: interrupted, or answered as an overrun
+    return HttpResponse("too late")
+
+
 async def abusy_view(request: Any) -> Any:
     try:
         await asyncio.sleep(10)
@@ -186,6 +192,7 @@ urls.urlpatterns = [
     path("tasks/acbv", AsyncCountView.as_view()),
     path("tasks/busy", busy_view),
     path("tasks/abusy", abusy_view),
+    path("tasks/sleepy", sleepy_view),
     path("tasks/busy-handler", busy_handler),
     path("tasks/raises", raises_view),
     path("admin-only/echo", echo),
@@ -230,6 +237,11 @@ def _clean() -> Iterator[None]:
 
 
 KINDS = pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+# Python 3.13 lets an exception injected into a thread skip except/finally blocks, so there
+# the watchdog only keeps time and a sync view is answered as an overrun when it returns.
+INTERRUPTS = pytest.mark.skipif(
+    not INTERRUPTS_SUPPORTED, reason="the watchdog does not interrupt threads on this Python"
+)
 
 
 # -- settings.TASKHANDLER ------------------------------------------------------------------
@@ -593,14 +605,23 @@ def test_outcomes_of_django_views(kind: str, req: Request, status: int, outcome:
 @pytest.mark.parametrize(
     ("route", "where"),
     [
-        pytest.param("/tasks/busy", "stopped in the view's thread", id="sync view"),
+        pytest.param(
+            "/tasks/busy", "stopped in the view's thread", id="sync view", marks=INTERRUPTS
+        ),
         pytest.param("/tasks/abusy", "stopped at the await", id="async view"),
-        pytest.param("/tasks/busy-handler", "handler stopped in its thread", id="sync handler"),
+        pytest.param(
+            "/tasks/busy-handler",
+            "handler stopped in its thread",
+            id="sync handler",
+            marks=INTERRUPTS,
+        ),
+        pytest.param("/tasks/sleepy", None, id="sync view sleeping past the deadline"),
     ],
 )
-def test_the_deadline_stops_views(kind: str, route: str, where: str) -> None:
+def test_the_deadline_stops_views(kind: str, route: str, where: str | None) -> None:
     """DeadlineExceededError reaches the view (its thread, or its await): 500 deadline-exceeded."""
     with project(AUTHENTICATOR=None, DEADLINE=0.3, GRACE=0.2):
         status, headers, _ = call(kind, Request(path=route, headers=TASK, peer=QUEUE))
     assert (status, headers["x-task-outcome"]) == (500, "deadline-exceeded")
-    assert [entry[0] for entry in ran] == [where]
+    if where is not None:
+        assert [entry[0] for entry in ran] == [where]
