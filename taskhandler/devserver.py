@@ -570,7 +570,8 @@ def run_serve(args: argparse.Namespace) -> int:
     With ``--reload`` this process only watches the files and runs the server in a child
     process, started again whenever a ``.py`` or ``.yaml`` file changes.
     """
-    if getattr(args, "reload", False) and os.environ.get(_CHILD) != "1":
+    watcher = os.environ.get(_CHILD, "")
+    if getattr(args, "reload", False) and not watcher.isdigit():
         return _reload_loop(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sock = _bind(args.host, args.port)
@@ -602,6 +603,12 @@ def run_serve(args: argparse.Namespace) -> int:
                     "pip install 'taskhandler[asgi]'"
                 ) from None
             server = uvicorn.Server(uvicorn.Config(served.app, log_level="warning"))
+            if watcher.isdigit():
+
+                def stop_uvicorn() -> None:
+                    server.should_exit = True
+
+                _exit_with_watcher(int(watcher), stop_uvicorn)
             _announce(url)
             server.run(sockets=[sock])
         else:
@@ -610,6 +617,8 @@ def run_serve(args: argparse.Namespace) -> int:
             wsgi_server = make_server(
                 args.host, args.port, served.app, threaded=True, fd=sock.fileno()
             )
+            if watcher.isdigit():
+                _exit_with_watcher(int(watcher), wsgi_server.shutdown)
             _announce(url)
 
             def shutdown(signum: int, frame: object) -> None:
@@ -688,9 +697,14 @@ def _changes(root: Path, interval: float = 0.5) -> Iterator[None]:
 def _reload_loop(args: argparse.Namespace) -> int:
     """Run the server in a child process; start it again when a watched file changes."""
     command = [sys.executable, "-m", "taskhandler.cli", *sys.argv[1:]]
-    env = {**os.environ, _CHILD: "1"}
+    env = {**os.environ, _CHILD: str(os.getpid())}
     root = Path.cwd()
     print(f"taskhandler: watching {root} for changes (.py, .yaml)", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leave through the finally below, which stops the server
+
+    previous = signal.signal(signal.SIGTERM, stop)
     child = subprocess.Popen(command, env=env)  # noqa: S603 - our own command line
     try:
         for _ in _changes(root):
@@ -705,6 +719,7 @@ def _reload_loop(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if child.poll() is None:
             child.terminate()
             try:
@@ -713,3 +728,16 @@ def _reload_loop(args: argparse.Namespace) -> int:
                 child.kill()
                 child.wait()
     return 0
+
+
+def _exit_with_watcher(watcher: int, stop: Callable[[], None]) -> None:
+    """In a server ``--reload`` started: call ``stop`` once the watching process is gone (even
+    killed with SIGKILL), so no server is left behind holding the port."""
+
+    def watch() -> None:
+        while os.getppid() == watcher:
+            time.sleep(0.5)
+        logger.warning("the --reload watcher is gone; stopping")
+        stop()
+
+    threading.Thread(target=watch, name="taskhandler-reload-watch", daemon=True).start()

@@ -269,9 +269,30 @@ def app(environ, start_response):
 """
 
 
+def _port_closes(port: int, timeout: float = 20.0) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.slow
-def test_reload_restarts_on_change(tmp_path: Path) -> None:
-    """``serve --reload`` serves the new code after a .py file changes."""
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param("terminate", id="watcher stopped with SIGTERM"),
+        pytest.param("kill", id="watcher killed with SIGKILL"),
+    ],
+)
+def test_reload_restarts_on_change(tmp_path: Path, stop: str) -> None:
+    """``serve --reload`` serves the new code after a .py file changes, and its server stops
+    with the watcher, however the watcher ends."""
     (tmp_path / "reloaded.py").write_text(APP_V1.replace("VERSION", "one"))
     port = free_port()
     proc = subprocess.Popen(
@@ -304,6 +325,9 @@ def test_reload_restarts_on_change(tmp_path: Path) -> None:
                 text = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text
             time.sleep(0.2)
         assert text == "two"
+        getattr(proc, stop)()
+        proc.wait(timeout=15)
+        assert _port_closes(port)
     finally:
         proc.terminate()
         try:
