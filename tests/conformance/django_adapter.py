@@ -83,7 +83,7 @@ def configure() -> None:
             TASKS={
                 "default": {
                     "BACKEND": "taskhandler.django.TaskQueueBackend",
-                    "QUEUES": ["default", "mail", "urgent"],
+                    "QUEUES": ["default", "mail", "urgent", "tallies"],
                     "OPTIONS": {"RESULTS": "default", "PRIORITY_QUEUES": {10: "urgent"}},
                 }
             },

@@ -1,0 +1,1 @@
+"""A Django project with taskhandler: the middleware, @task_handler views, django.tasks."""

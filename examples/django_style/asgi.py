@@ -1,0 +1,10 @@
+"""The ASGI application: ``uvicorn examples.django_style.asgi:application``."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_style.settings")
+application = get_asgi_application()
