@@ -552,7 +552,10 @@ def test_run_until_idle_raises_and_records_later(
         taskqueue.add(url="/t", name="only")
         with pytest.raises(taskqueue.Error) as info:
             q.run_until_idle(timeout=WAIT)
-        _check_storage_error(info.value, trouble, "recording the outcome")
+        # The error names whichever write met the trouble first: recording the outcome, or
+        # (when the pump looks again before the delivery has ended) leasing the next tasks.
+        doing = "leasing tasks" if "leasing tasks" in str(info.value) else "recording the outcome"
+        _check_storage_error(info.value, trouble, doing)
         trouble.clear(q)
         assert q.run_until_idle(timeout=WAIT) == 0
         assert q.counts()["default"]["done"] == 1
