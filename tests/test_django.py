@@ -625,3 +625,48 @@ def test_the_deadline_stops_views(kind: str, route: str, where: str | None) -> N
     assert (status, headers["x-task-outcome"]) == (500, "deadline-exceeded")
     if where is not None:
         assert [entry[0] for entry in ran] == [where]
+
+
+# -- testing tools ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [
+        pytest.param("admin", 200, id="as_admin passes login: admin"),
+        pytest.param("user", 403, id="as_user does not"),
+    ],
+)
+def test_task_test_app_signs_in_with_a_django_session(who: str, status: int) -> None:
+    """TaskTestApp.as_admin()/as_user() sign in through Django's session (sign_in helper)."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from taskhandler.django.testing import sign_in
+    from taskhandler.testing import TaskTestApp
+
+    with project(CONFIG=RULES):
+        app = TaskTestApp(WSGIHandler(), sign_in=sign_in)
+        client = app.as_admin("boss@example.com") if who == "admin" else app.as_user()
+        res = client.get("/admin-only/echo", status=status)
+        anonymous = app.get("/admin-only/echo", status=302)
+    assert anonymous.headers["Location"].startswith("/accounts/login/?next=")
+    if status == 200:
+        assert res.json["task"] is None
+
+
+def streaming(request: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    return StreamingHttpResponse(iter([b"part one, ", b"part two"]), status=201)
+
+
+urls.urlpatterns.append(path("tasks/stream", streaming))
+
+
+@KINDS
+def test_a_streaming_answer_to_a_task_is_read_within_the_deadline(kind: str) -> None:
+    """A StreamingHttpResponse to a task request is read under the deadline, outcome added."""
+    with project(AUTHENTICATOR=None):
+        status, headers, body = call(kind, Request(path="/tasks/stream", headers=TASK, peer=QUEUE))
+    assert (status, headers["x-task-outcome"], body) == (201, "success", b"part one, part two")

@@ -29,6 +29,7 @@ from .. import asgi, wsgi
 from .._async_deadline import AsyncArmed, arm_async
 from .._decision import (
     AUTH_PAGE_PREFIX,
+    NOTHING_DECIDED,
     LazyUser,
     RequestState,
     Settings,
@@ -141,7 +142,7 @@ class TaskMiddleware:
         if settings.serves_pages and request.path_info.startswith(AUTH_PAGE_PREFIX):
             page = _serve_page(settings, request)
             if page is not None:
-                return RequestState(settings, decide(view, settings, user), user), page
+                return RequestState(settings, NOTHING_DECIDED, user), page
         outer = _find_outer(request)
         setattr(request, _OUTER_ATTR, outer)
         if outer is not None:  # a TaskMiddleware around Django decided trust already
@@ -534,9 +535,7 @@ async def run_task_async(
     response: Any = None
     result: Result | None = None
     try:
-        response = await armed.run(get_response(request))
-        if getattr(response, "streaming", False):
-            response = await armed.run(_read_stream(response))
+        response = await armed.run(_whole_response(get_response, request))
     except (*_PASS_THROUGH, asyncio.CancelledError):
         raise
     except BaseException as exc:
@@ -544,6 +543,14 @@ async def run_task_async(
     finally:
         _current_task.reset(token)
     return _answer(request, ctx, response, result, armed)
+
+
+async def _whole_response(get_response: Callable[[Any], Any], request: Any) -> Any:
+    """The rest of the request's response, a streaming one read to its end."""
+    response = await get_response(request)
+    if getattr(response, "streaming", False):
+        response = await _read_stream(response)
+    return response
 
 
 async def _read_stream(response: Any) -> Any:
