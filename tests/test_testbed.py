@@ -98,7 +98,7 @@ class OrderTest(unittest.TestCase):
         place_order(7)
         tasks = self.taskqueue_stub.get_filtered_tasks(url="/reports/orders")
         self.assertEqual(1, len(tasks))
-        self.assertEqual({"id": "7"}, tasks[0].extract_params())
+        self.assertEqual({b"id": b"7"}, tasks[0].extract_params())
         self.assertEqual("reports", tasks[0].headers["X-AppEngine-QueueName"])
 
     def test_flush(self) -> None:
@@ -306,10 +306,10 @@ def test_filtered_task_is_a_task(stub: testbed.TaskQueueServiceStub) -> None:
         "/a",
         "POST",
         b"x=1",
-        {"x": "1"},
+        {b"x": b"1"},
     )
     assert (second.payload, second.queue_name) == (b"\x00body", "mail")
-    assert (third.method, third.payload, third.extract_params()) == ("GET", None, {"y": "2"})
+    assert (third.method, third.payload, third.extract_params()) == ("GET", None, {"y": b"2"})
     assert {k: v for k, v in first.headers.items() if k.startswith("X-AppEngine-Task")} == {
         "X-AppEngine-TaskName": "first",
         "X-AppEngine-TaskRetryCount": "0",
