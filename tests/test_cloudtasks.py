@@ -32,7 +32,14 @@ from google.protobuf import empty_pb2
 from taskhandler import taskqueue
 from taskhandler.exceptions import ConfigError
 from taskhandler.taskqueue import ManualClock
-from taskhandler.taskqueue.cloudtasks import CloudTasksBackend, app_engine_routing
+from taskhandler.taskqueue.cloudtasks import (
+    APP_ENGINE_MAX_TASK_SIZE,
+    EMULATOR_ENV,
+    HTTP_MAX_TASK_SIZE,
+    CloudTasksBackend,
+    app_engine_routing,
+    default_retry,
+)
 
 PROJECT = "my-project"
 LOCATION = "us-central1"
@@ -56,6 +63,10 @@ class FakeCloudTasks:
         self.live: dict[str, tasks_v2.Task] = {}
         self.tombstones: set[str] = set()
         self.fail: dict[str, tuple[grpc.StatusCode, str]] = {}
+        #: CreateTask calls still to refuse with UNAVAILABLE before doing anything.
+        self.refuse = 0
+        #: CreateTask calls still to commit and then answer with UNAVAILABLE (answer lost).
+        self.lose_answer = 0
         self.gate = threading.Event()
         self.gate.set()
         self._ids = itertools.count(1)
@@ -77,12 +88,18 @@ class FakeCloudTasks:
         self._check(request.parent, context)
         with self._lock:
             self.created.append(request)
+            if self.refuse:
+                self.refuse -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: not reached")
             task = request.task
             if not task.name:
                 task.name = f"{request.parent}/tasks/{next(self._ids):020d}"
             if task.name in self.live or task.name in self.tombstones:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "Requested entity already exists")
             self.live[task.name] = task
+            if self.lose_answer:
+                self.lose_answer -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: committed, answer lost")
         return task
 
     def get_task(
@@ -178,6 +195,8 @@ def clock() -> ManualClock:
 
 
 def _backend(client: Any, clock: ManualClock, **kwargs: Any) -> CloudTasksBackend:
+    # Retries as in production, but giving up after a second so that refused calls end soon.
+    kwargs.setdefault("retry", default_retry(timeout=1.0))
     return CloudTasksBackend(PROJECT, LOCATION, client=client, clock=clock, **kwargs)
 
 
@@ -604,3 +623,164 @@ def test_bad_configuration(client: Any, kwargs: dict[str, Any], message: str) ->
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
         CloudTasksBackend(**args)
+
+
+# -- dispatch_deadline, retries, size, emulator ---------------------------------------------
+
+HTTP = {"base_url": "https://worker.example", "service_account_email": "tasks@p.example"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "task_kwargs", "expected"),
+    [
+        pytest.param({}, {}, None, id="no deadline: Cloud Tasks' default"),
+        pytest.param({"deadline": 3600}, {}, 3600.0, id="App Engine target, 1 h"),
+        pytest.param({"deadline": 86400}, {}, 86400.0, id="App Engine target, 24 h"),
+        pytest.param({**HTTP, "deadline": 1800}, {}, 1800.0, id="HTTP target, 30 min"),
+        pytest.param({**HTTP, "deadline": 15}, {}, 15.0, id="HTTP target, 15 s"),
+        pytest.param(
+            {"deadline": 600},
+            {"dispatch_deadline_usec": 120_000_000},
+            120.0,
+            id="the task's dispatch_deadline_usec wins",
+        ),
+    ],
+)
+def test_dispatch_deadline_from_the_handler_deadline(
+    client: Any,
+    clock: ManualClock,
+    service: FakeCloudTasks,
+    kwargs: dict[str, Any],
+    task_kwargs: dict[str, Any],
+    expected: float | None,
+) -> None:
+    """The backend's deadline is each task's dispatch_deadline unless the task sets its own."""
+    with _backend(client, clock, **kwargs) as backend, taskqueue.use(backend):
+        taskqueue.add(url="/t", **task_kwargs)
+    [request] = service.created
+    sent = request.task.dispatch_deadline
+    got = None if not request.task._pb.HasField("dispatch_deadline") else sent.total_seconds()
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "numbers"),
+    [
+        pytest.param({**HTTP, "deadline": 3600}, ("3600 s", "1800 s"), id="HTTP target, 1 h"),
+        pytest.param({"deadline": 86401}, ("86401 s", "86400 s"), id="App Engine, over 24 h"),
+        pytest.param({"deadline": 10}, ("10 s", "15 s"), id="under Cloud Tasks' 15 s"),
+        pytest.param({"deadline": "600"}, ("seconds",), id="not a number"),
+    ],
+)
+def test_deadline_cloud_tasks_cannot_honour(
+    client: Any, kwargs: dict[str, Any], numbers: tuple[str, ...]
+) -> None:
+    """A deadline outside Cloud Tasks' range is a ConfigError naming the deadline and the limit."""
+    with pytest.raises(ConfigError, match="deadline") as info:
+        CloudTasksBackend(PROJECT, LOCATION, client=client, **kwargs)
+    for number in numbers:
+        assert number in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "name", "calls"),
+    [
+        pytest.param({"refuse": 2}, None, 3, id="unnamed, refused twice, then created"),
+        pytest.param({"refuse": 1}, "n-1", 2, id="named, refused once, then created"),
+        pytest.param(
+            {"lose_answer": 1}, "n-1", 2, id="named, committed but answer lost: the same task"
+        ),
+    ],
+)
+def test_create_task_retried_on_transient_errors(
+    backend: CloudTasksBackend,
+    service: FakeCloudTasks,
+    script: dict[str, int],
+    name: str | None,
+    calls: int,
+) -> None:
+    """Transient CreateTask failures are retried; a named task is created exactly once."""
+    for field, value in script.items():
+        setattr(service, field, value)
+    task = taskqueue.add(url="/t", name=name, payload=b"body")
+    assert len(service.created) == calls
+    assert len(service.live) == 1
+    [live] = service.live
+    assert task.was_enqueued
+    assert task.name == live.rsplit("/", 1)[-1]
+
+
+def test_lost_answer_then_a_different_task_of_that_name(
+    backend: CloudTasksBackend, service: FakeCloudTasks
+) -> None:
+    """ALREADY_EXISTS after a retry is success only when the queued task is the request sent."""
+    taskqueue.add(url="/other", name="n-1")
+    service.refuse = 1  # the next add's first try fails, so its ALREADY_EXISTS follows a retry
+    with pytest.raises(taskqueue.TaskAlreadyExistsError):
+        taskqueue.add(url="/t", name="n-1")
+
+
+def test_first_try_already_exists_is_not_retried(
+    backend: CloudTasksBackend, service: FakeCloudTasks
+) -> None:
+    """ALREADY_EXISTS on the first try is the duplicate App Engine reported, with no GetTask guess."""
+    taskqueue.add(url="/t", name="n-1", payload=b"same")
+    with pytest.raises(taskqueue.TaskAlreadyExistsError):
+        taskqueue.add(url="/t", name="n-1", payload=b"same")
+    assert len(service.created) == 2
+
+
+@pytest.mark.parametrize(
+    ("retry", "calls", "error"),
+    [
+        pytest.param(False, 1, taskqueue.TransientError, id="retry=False: one attempt"),
+        pytest.param(None, 4, None, id="default retry: until it succeeds"),
+    ],
+)
+def test_retry_setting(
+    client: Any,
+    clock: ManualClock,
+    service: FakeCloudTasks,
+    retry: Any,
+    calls: int,
+    error: type[Exception] | None,
+) -> None:
+    """retry=False makes one attempt; the default retry keeps trying through transient errors."""
+    service.refuse = 3
+    with CloudTasksBackend(
+        PROJECT, LOCATION, client=client, clock=clock, retry=retry
+    ) as backend, taskqueue.use(backend):
+        if error is None:
+            taskqueue.add(url="/t")
+        else:
+            with pytest.raises(error, match="not reached"):
+                taskqueue.add(url="/t")
+    assert len(service.created) == calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "size"),
+    [
+        pytest.param({}, APP_ENGINE_MAX_TASK_SIZE, id="App Engine target: 100 KiB"),
+        pytest.param(HTTP, HTTP_MAX_TASK_SIZE, id="HTTP target: 1 MB"),
+    ],
+)
+def test_max_task_size(client: Any, kwargs: dict[str, Any], size: int) -> None:
+    """The backend states Cloud Tasks' size limit for its kind of task."""
+    with CloudTasksBackend(PROJECT, LOCATION, client=client, **kwargs) as backend:
+        assert backend.max_task_size == size
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("no-port", id="no port"),
+        pytest.param("host:port", id="port not a number"),
+        pytest.param("a/b:80", id="slash"),
+    ],
+)
+def test_bad_emulator_host(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    """A malformed CLOUD_TASKS_EMULATOR_HOST is a ConfigError naming the variable."""
+    monkeypatch.setenv(EMULATOR_ENV, host)
+    with pytest.raises(ConfigError, match=EMULATOR_ENV):
+        CloudTasksBackend(PROJECT, LOCATION)

@@ -412,3 +412,39 @@ def test_flask_example_gives_up_after_max_attempts(
     assert letter["task_name"] == "n1"
     assert letter["attempts"] == 3
     assert letter["payload"] == {"recipient": "ada@example.invalid", "message": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "deadline"),
+    [
+        pytest.param({}, 1800.0, id="App Engine target, deadline=1800"),
+        pytest.param(
+            {"base_url": "http://127.0.0.1:1", "service_account_email": "t@p.example"},
+            900.0,
+            id="HTTP target, deadline=900",
+        ),
+    ],
+)
+def test_emulator_host_from_the_environment(
+    emulator: str,
+    client: Any,
+    make_queue: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    kwargs: dict[str, Any],
+    deadline: float,
+) -> None:
+    """CLOUD_TASKS_EMULATOR_HOST makes the backend's client; the task keeps its dispatch_deadline."""
+    from google.cloud import tasks_v2
+
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator)
+    queue_id = make_queue("env")
+    # A far ETA keeps the task queued, so that it can be read back as the emulator stored it.
+    backend = CloudTasksBackend(PROJECT, LOCATION, deadline=deadline, **kwargs)
+    with backend, taskqueue.use(backend):
+        task = taskqueue.add(url="/tasks/count", countdown=3600, queue_name=queue_id)
+    # The emulator has no GetTask: ListTasks shows what it stored.
+    [stored] = client.list_tasks(
+        request={"parent": f"{PARENT}/queues/{queue_id}", "response_view": tasks_v2.Task.View.FULL}
+    )
+    assert stored.name.rsplit("/", 1)[-1] == task.name
+    assert stored.dispatch_deadline.total_seconds() == deadline

@@ -35,6 +35,23 @@ How App Engine behaviour carries over:
 - ``add_async()``: the backend offers :meth:`CloudTasksBackend.enqueue_async`, which returns a
   ``concurrent.futures.Future`` at once while worker threads make the calls; lists of tasks
   are created concurrently.
+- **Deadlines.** ``deadline=`` (the handler's deadline: the number given to
+  ``TaskMiddleware(deadline=...)``) is sent as every task's ``dispatch_deadline``, so Cloud
+  Tasks waits as long as taskhandler lets the handler run (without it Cloud Tasks cuts HTTP
+  target requests at 10 minutes). A deadline Cloud Tasks cannot honour (HTTP targets: 15 s to
+  30 minutes; App Engine targets: 15 s to 24 hours, basic and manual scaling) is a
+  ``ConfigError`` at construction. A task's own ``dispatch_deadline_usec`` wins over it.
+- **Transient errors.** ``CreateTask`` is retried with ``google.api_core.retry`` (``retry=``;
+  by default UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, with exponential
+  backoff for up to 30 s). A named task stays exactly-once: when a retry meets ``ALREADY_EXISTS``
+  after an attempt whose outcome was unknown, the queued task is read back (``GetTask``) and,
+  when it is the same request, the add succeeds as that task. An unnamed task has no such
+  guard: a retry after an attempt that was committed but not answered creates it twice (at
+  least once, as App Engine's own delivery); name tasks that must not run twice.
+- **Emulator.** With ``CLOUD_TASKS_EMULATOR_HOST=host:port`` set and no ``client`` given, the
+  backend talks to that emulator over plain gRPC, without credentials.
+- **Size.** Cloud Tasks takes HTTP target tasks up to 1 MB and App Engine tasks up to
+  100 KiB; :attr:`CloudTasksBackend.max_task_size` is the limit of the backend's kind.
 - Per-task ``retry_options`` are not sent: Cloud Tasks sets retries per queue only
   (``retry_config``; queue.yaml's ``retry_parameters`` when deployed from it). A warning is
   logged the first time a task carries them.
@@ -53,6 +70,7 @@ import concurrent.futures
 import datetime
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -78,12 +96,28 @@ from ._queue_yaml import QUEUE_NAME_RE
 from ._task import DEFAULT_QUEUE
 
 _HTTP_MAX_DEADLINE = 1800.0  # seconds: Cloud Tasks' limit for HTTP target tasks
+_APP_ENGINE_MAX_DEADLINE = 86400.0  # seconds: App Engine targets, basic and manual scaling
+_MIN_DEADLINE = 15.0  # seconds: Cloud Tasks' shortest dispatch_deadline
+#: Cloud Tasks' largest task: 1 MB for HTTP target tasks, 100 KiB for App Engine tasks.
+HTTP_MAX_TASK_SIZE = 1_000_000
+APP_ENGINE_MAX_TASK_SIZE = 100 * 2**10
+#: The environment variable naming the Cloud Tasks emulator (``host:port``).
+EMULATOR_ENV = "CLOUD_TASKS_EMULATOR_HOST"
 
 if TYPE_CHECKING:
     from google.api_core.exceptions import GoogleAPICallError
     from google.cloud import tasks_v2
 
-__all__ = ["ERROR_MAP", "CloudTasksBackend", "app_engine_routing"]
+__all__ = [
+    "APP_ENGINE_MAX_TASK_SIZE",
+    "EMULATOR_ENV",
+    "ERROR_MAP",
+    "HTTP_MAX_TASK_SIZE",
+    "CloudTasksBackend",
+    "app_engine_routing",
+    "default_retry",
+    "emulator_client",
+]
 
 log = logging.getLogger("taskhandler")
 
@@ -117,6 +151,45 @@ def _import_tasks() -> tuple[Any, Any]:
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ConfigError(f"CloudTasksBackend needs google-cloud-tasks: {INSTALL_HINT}") from exc
     return tasks_v2, exceptions
+
+
+#: The statuses a CreateTask is retried on: the call may not have reached Cloud Tasks.
+RETRIED_STATUSES = ("ServiceUnavailable", "DeadlineExceeded", "ResourceExhausted", "Aborted")
+
+
+def default_retry(timeout: float = 30.0) -> Any:
+    """The ``google.api_core.retry.Retry`` used for CreateTask unless ``retry=`` is given.
+
+    Retries the statuses of :data:`RETRIED_STATUSES` with exponential backoff (0.1 s doubling
+    up to 5 s) for at most ``timeout`` seconds.
+    """
+    _, exceptions = _import_tasks()
+    from google.api_core import retry as api_retry
+
+    types = tuple(getattr(exceptions, name) for name in RETRIED_STATUSES)
+    return api_retry.Retry(
+        predicate=api_retry.if_exception_type(*types),
+        initial=0.1,
+        maximum=5.0,
+        multiplier=2.0,
+        timeout=timeout,
+    )
+
+
+def emulator_client(host: str) -> Any:
+    """A ``CloudTasksClient`` for the emulator at ``host:port`` (plain gRPC, no credentials).
+
+    Raises:
+        ConfigError: ``host`` is not ``host:port``.
+    """
+    tasks_v2, _ = _import_tasks()
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}|\[[0-9a-fA-F:]+\]:[0-9]{1,5}", host or ""):
+        raise ConfigError(f"{EMULATOR_ENV}: expected host:port", value=host)
+    import grpc  # type: ignore[import-untyped]
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    channel = grpc.insecure_channel(host)
+    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
 def app_engine_routing(target: str) -> dict[str, str]:
@@ -163,12 +236,19 @@ class CloudTasksBackend:
             minted for (required with ``base_url``).
         audience: with ``base_url``, the token's audience (default: ``base_url``). Give the
             same value to ``OIDCVerifier(audience=...)``.
+        deadline: the handler's deadline in seconds (give the number given to
+            ``TaskMiddleware(deadline=...)``), sent as each task's ``dispatch_deadline``.
+            ``None``: Cloud Tasks' default (10 minutes for HTTP targets, the scaling type's
+            deadline for App Engine targets).
+        retry: a ``google.api_core.retry.Retry`` for CreateTask (default:
+            :func:`default_retry`), or ``False`` to make one attempt only.
         timeout: seconds allowed for each API call.
         max_workers: threads making API calls for ``enqueue_async`` and task lists.
         clock: seconds since the epoch; countdowns and ETAs are measured against it.
 
     Raises:
-        ConfigError: a bad argument, or google-cloud-tasks (the ``cloudtasks`` extra) is missing.
+        ConfigError: a bad argument (a ``deadline`` Cloud Tasks cannot honour names both the
+            deadline and the limit), or google-cloud-tasks (the ``cloudtasks`` extra) is missing.
 
     Example::
 
@@ -189,6 +269,8 @@ class CloudTasksBackend:
         base_url: str | None = None,
         service_account_email: str | None = None,
         audience: str | None = None,
+        deadline: float | None = None,
+        retry: Any = None,
         timeout: float = 30.0,
         max_workers: int = 8,
         clock: Callable[[], float] = time.time,
@@ -252,9 +334,19 @@ class CloudTasksBackend:
             raise ConfigError("CloudTasksBackend max_workers: at least 1", value=max_workers)
         self.timeout = float(timeout)
         self._clock = clock
+        self.deadline = self._check_deadline(deadline)
+        #: The largest task Cloud Tasks accepts for this backend's kind of task (bytes).
+        self.max_task_size = (
+            HTTP_MAX_TASK_SIZE if self.base_url is not None else APP_ENGINE_MAX_TASK_SIZE
+        )
 
         self._tasks_v2, self._exceptions = _import_tasks()
-        if client is None:
+        self._retry = None if retry is False else (retry or default_retry())
+        emulator = os.environ.get(EMULATOR_ENV)
+        if client is None and emulator:
+            client = emulator_client(emulator)
+            self._owns_client = True
+        elif client is None:
             try:
                 client = self._tasks_v2.CloudTasksClient()
             except self._exceptions.GoogleAPIError as exc:  # no default credentials
@@ -267,6 +359,23 @@ class CloudTasksBackend:
             max_workers=max_workers, thread_name_prefix="taskhandler-cloudtasks"
         )
         self._warned_retry = False
+
+    def _check_deadline(self, deadline: object) -> float | None:
+        if deadline is None:
+            return None
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+            raise ConfigError("CloudTasksBackend deadline: seconds", value=deadline)
+        if self.base_url is not None:
+            limit, kind = _HTTP_MAX_DEADLINE, "HTTP target tasks"
+        else:
+            limit, kind = _APP_ENGINE_MAX_DEADLINE, "App Engine tasks (basic/manual scaling)"
+        if not _MIN_DEADLINE <= deadline <= limit:
+            raise ConfigError(
+                f"CloudTasksBackend deadline: {deadline:g} s cannot be honoured: Cloud Tasks "
+                f"allows {kind} a dispatch_deadline of {_MIN_DEADLINE:g} s to {limit:g} s",
+                value=deadline,
+            )
+        return float(deadline)
 
     def __repr__(self) -> str:
         kind = f", base_url={self.base_url!r}" if self.base_url else ""
@@ -351,6 +460,8 @@ class CloudTasksBackend:
                     "minutes Cloud Tasks allows HTTP target tasks"
                 )
             fields["dispatch_deadline"] = datetime.timedelta(seconds=task.dispatch_deadline)
+        elif self.deadline is not None:
+            fields["dispatch_deadline"] = datetime.timedelta(seconds=self.deadline)
         if self.base_url is not None:
             if task.target:
                 raise InvalidTaskError(
@@ -482,13 +593,44 @@ class CloudTasksBackend:
             return exc
 
     def _create(self, parent: str, proto: tasks_v2.Task) -> str | Error:
+        attempts = [0]
+
+        def attempt() -> Any:
+            attempts[0] += 1
+            return self.client.create_task(parent=parent, task=proto, timeout=self.timeout)
+
+        call = attempt if self._retry is None else self._retry(attempt)
         try:
-            created = self.client.create_task(parent=parent, task=proto, timeout=self.timeout)
+            created = call()
         except self._exceptions.AlreadyExists as exc:
+            # After an attempt whose answer was lost, the name may be our own task.
+            if attempts[0] > 1 and self._is_same_task(proto):
+                return str(proto.name).rsplit("/", 1)[-1]
             return self._already_exists(proto.name, exc)
+        except self._exceptions.RetryError as exc:
+            return self._error(exc.cause if exc.cause is not None else exc)
         except self._exceptions.GoogleAPIError as exc:
             return self._error(exc)
         return str(created.name).rsplit("/", 1)[-1]
+
+    def _is_same_task(self, proto: tasks_v2.Task) -> bool:
+        """Whether the queued task of ``proto``'s name carries the request ``proto`` does."""
+        try:
+            found = self.client.get_task(
+                request={"name": proto.name, "response_view": self._tasks_v2.Task.View.FULL},
+                timeout=self.timeout,
+            )
+        except self._exceptions.GoogleAPIError:
+            return False
+        for field, url in (("http_request", "url"), ("app_engine_http_request", "relative_uri")):
+            sent, got = getattr(proto, field), getattr(found, field)
+            if getattr(sent, url):
+                return bool(
+                    getattr(sent, url) == getattr(got, url)
+                    and sent.http_method == got.http_method
+                    and sent.body == got.body
+                )
+        return False
 
     def _already_exists(self, name: str, exc: GoogleAPICallError) -> Error:
         """App Engine told a live name from a recently used one; ask Cloud Tasks which it is."""
