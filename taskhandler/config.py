@@ -1043,8 +1043,8 @@ class CronJob(BaseModel):
 
     Args:
         url: the path the job requests (starts with ``/``).
-        schedule: App Engine's English-like schedule (``every 5 minutes``); its grammar is
-            not checked here.
+        schedule: App Engine's English-like schedule (``every 5 minutes``, ``every monday
+            09:00``...); :meth:`cron` translates it.
         timezone: the schedule's time zone name, default UTC.
         description, target: as in cron.yaml.
         attempt_deadline: seconds an attempt may take (``attempt_deadline: 600s``).
@@ -1062,6 +1062,21 @@ class CronJob(BaseModel):
     attempt_deadline: float | None = None
     retry_parameters: CronRetryParameters | None = None
     line: int | None = None
+
+    def cron(self) -> tuple[str, ...]:
+        """The unix-cron expressions of :attr:`schedule` (usually one), in :attr:`timezone`.
+
+        Raises:
+            ConfigError: cron cannot express the schedule (e.g. ``1st monday of month``),
+                naming the line and saying why.
+        """
+        from ._cron import CronSyntaxError, to_cron
+
+        try:
+            return to_cron(self.schedule)
+        except CronSyntaxError as exc:
+            where = f"cron.yaml line {self.line}: " if self.line is not None else ""
+            raise ConfigError(f"{where}{exc}", value=self.schedule) from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -1107,6 +1122,15 @@ class _CronReader:
         schedule = self.text(entry, "schedule", where, r"[^\n]{1,500}", "a one-line schedule")
         if url is None or schedule is None:
             raise self.fail(f"{where} has no {'url' if url is None else 'schedule'}", entry)
+        from ._cron import CronSyntaxError, CronUnsupportedError, to_cron
+
+        try:
+            to_cron(schedule)
+        except CronUnsupportedError:
+            pass  # App Engine's syntax, refused only where a cron expression is needed
+        except CronSyntaxError as exc:
+            node = entry.get("schedule") or entry
+            raise self.fail(f"{where}.schedule: {exc}", node, schedule) from None
         timezone = self.text(entry, "timezone", where, r"[^\n]{1,100}", "a time zone name")
         known = _known_timezones()
         if timezone is not None and known and timezone not in known:
@@ -1177,7 +1201,8 @@ def load_cron_yaml(path: str | Path) -> tuple[CronJob, ...]:
     """Read a cron.yaml into :class:`CronJob` s, in file order.
 
     Keys are checked as strictly as in :func:`load_app_yaml` (App Engine's ``croninfo``
-    tables); each entry needs ``url`` and ``schedule``. The schedule's grammar is not checked.
+    tables); each entry needs ``url`` and ``schedule``, a schedule in App Engine's syntax
+    (:meth:`CronJob.cron` translates it to cron expressions, refusing what cron cannot say).
 
     Raises:
         ConfigError: every problem, with the file, the line and the key or value.

@@ -593,7 +593,12 @@ def run_serve(args: argparse.Namespace) -> int:
         relay.start()
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown_host}:{args.port}"
+    cron = None
     try:
+        if getattr(args, "cron_yaml", None):  # cron.yaml's jobs, added to this queue on time
+            from ._cron import start_local_cron
+
+            cron = start_local_cron(args.cron_yaml, clock=queue.now)
         if served.asgi:
             try:
                 import uvicorn
@@ -633,6 +638,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 signal.signal(signal.SIGTERM, previous)
                 wsgi_server.server_close()
     finally:
+        if cron is not None:
+            cron.stop()
         if relay is not None:
             relay.close()
         queue.close()
