@@ -1,6 +1,7 @@
 """The ``taskhandler`` command: ``serve`` (development server), ``add`` and ``tasks`` (its queue
-from the terminal), ``check`` (validate files) and ``relay`` (hand the outbox's committed tasks
-to the queue)."""
+from the terminal), ``check`` (validate files), ``relay`` (hand the outbox's committed tasks
+to the queue), and ``queues sync`` / ``cron sync`` (queue.yaml and cron.yaml to Cloud Tasks
+and Cloud Scheduler)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         help="attempts, and finished tasks, the console keeps (the newest N)",
     )
     serve.add_argument(
+        "--cron-yaml",
+        default=None,
+        help="cron.yaml whose jobs are added to the local queue as GET tasks on schedule",
+    )
+    serve.add_argument(
         "--outbox-db-url",
         default=None,
         help="SQLAlchemy URL of the app's database: relay its outbox table to the local queue",
@@ -152,7 +158,66 @@ def _parser() -> argparse.ArgumentParser:
     from .outbox._command import add_relay_arguments
 
     add_relay_arguments(relay)
+
+    for command, what, service in (
+        ("queues", "queue.yaml", "Cloud Tasks queues"),
+        ("cron", "cron.yaml", "Cloud Scheduler jobs"),
+    ):
+        group = sub.add_parser(
+            command, help=f"deploy {what} as {service}", formatter_class=formatter
+        )
+        actions = group.add_subparsers(dest="action", required=True)
+        sync = actions.add_parser(
+            "sync",
+            help=f"create or update the {service} {what} declares; print the changes",
+            formatter_class=formatter,
+        )
+        sync.add_argument("file", help=f"the {what}")
+        sync.add_argument("--project", required=True, help="the Google Cloud project id")
+        sync.add_argument("--location", required=True, help="the region, e.g. us-central1")
+        sync.add_argument(
+            "--dry-run", action="store_true", help="print the changes without making them"
+        )
+        if command == "cron":
+            sync.add_argument(
+                "--target-url",
+                default=None,
+                metavar="BASE",
+                help="send each job to BASE + url (Cloud Run) instead of the App Engine app",
+            )
+            sync.add_argument(
+                "--service-account",
+                default=None,
+                help="with --target-url: the service account whose OIDC token signs requests",
+            )
     return parser
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from . import _sync
+
+    if args.command == "queues":
+        from .taskqueue import load_queue_yaml
+
+        changes = _sync.sync_queues(
+            load_queue_yaml(args.file), args.project, args.location, dry_run=args.dry_run
+        )
+    else:
+        from .config import load_cron_yaml
+
+        changes = _sync.sync_cron(
+            load_cron_yaml(args.file),
+            args.project,
+            args.location,
+            dry_run=args.dry_run,
+            target_url=args.target_url,
+            service_account=args.service_account,
+        )
+    for change in changes:
+        print(change)
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{len(changes)} {verb}" if changes else "up to date")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(run_check(args.files))
             return 0
+        if args.command in ("queues", "cron"):
+            return _run_sync(args)
         if args.command == "relay":
             from .outbox._command import run_relay
 

@@ -596,7 +596,7 @@ def run_serve(args: argparse.Namespace) -> int:
     cron = None
     try:
         if getattr(args, "cron_yaml", None):  # cron.yaml's jobs, added to this queue on time
-            from ._cron import start_local_cron
+            from ._cron_runner import start_local_cron
 
             cron = start_local_cron(args.cron_yaml, clock=queue.now)
         if served.asgi:

@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("croniter", reason="the cron extra is not installed")
 
 from taskhandler import CronJob, load_cron_yaml, taskqueue
-from taskhandler._cron import CronRunner, CronSyntaxError, CronUnsupportedError, to_cron
+from taskhandler._cron import CronSyntaxError, CronUnsupportedError, to_cron
+from taskhandler._cron_runner import CronRunner
 from taskhandler.exceptions import ConfigError
 
 TRANSLATED = [
@@ -206,7 +207,7 @@ def test_runner_thread_adds_the_task_when_due() -> None:
 
 def test_start_local_cron_adds_get_tasks_to_the_local_queue(tmp_path: Path) -> None:
     """start_local_cron adds each due job to the installed local queue as a named GET task."""
-    from taskhandler._cron import start_local_cron
+    from taskhandler._cron_runner import start_local_cron
 
     cron_yaml = tmp_path / "cron.yaml"
     cron_yaml.write_text("cron:\n- url: /tasks/tick\n  schedule: every 1 minutes\n")
