@@ -152,7 +152,7 @@ def steps(environ: dict[str, Any], number: int, rounds: int) -> None:
     user = LazyUser(None, lambda: None)  # type: ignore[arg-type,return-value]
     decision = decide(view, settings, user)
     assert decision.context is not None, "the request should be a trusted task"
-    pairs = [(header.name, header.value) for header in view.task_headers]
+    pairs = view.task_headers
     runs: dict[str, Callable[[], float]] = {
         "whole TaskMiddleware call": timed(middleware, environ, number),
         "bare app": timed(bare, environ, number),
