@@ -9,7 +9,8 @@ interface lives in ``_backend``, the rules shared with ``Task.add`` in ``_enqueu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, overload
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
 
 from ._backend import NewTask as NewTask
 from ._backend import TaskQueueBackend as TaskQueueBackend
@@ -32,7 +33,40 @@ from ._errors import (
 )
 from ._task import DEFAULT_QUEUE, MAX_LEASE_SECONDS, MAX_TASKS_PER_LEASE, Task
 
+if TYPE_CHECKING:
+    from ._local import QueueFigures
+
 T = TypeVar("T")
+
+
+@runtime_checkable
+class StatisticsBackend(Protocol):
+    """A backend that reports queue statistics (``LocalTaskQueue``)."""
+
+    def queue_statistics(self, queue_name: str) -> QueueFigures:
+        """The queue's figures; ``UnknownQueueError`` for an undeclared queue."""
+        ...
+
+
+NO_STATISTICS = (
+    "{backend} has no queue statistics: the Cloud Tasks v2 API does not report them. Read them "
+    "from Cloud Monitoring instead: the metrics cloudtasks.googleapis.com/queue/depth (tasks "
+    "waiting) and cloudtasks.googleapis.com/queue/task_attempt_count (attempts, by response "
+    "code), or see them in the Cloud console's Cloud Tasks page"
+)
+
+
+def statistics_backend() -> StatisticsBackend:
+    """The installed backend, if it reports queue statistics.
+
+    Raises:
+        Error: it does not (``CloudTasksBackend``; the message says what to use), or no backend
+            is installed.
+    """
+    backend = current_backend()
+    if not isinstance(backend, StatisticsBackend):
+        raise Error(NO_STATISTICS.format(backend=type(backend).__name__))
+    return backend
 
 
 class Queue:
@@ -290,6 +324,26 @@ class Queue:
         eta = pull_backend().modify_lease(self._name, task.name, task.eta_posix, lease_seconds)
         task._eta_posix = eta
 
+    # -- statistics ----------------------------------------------------------------------------
+
+    def fetch_statistics(self, deadline: float = 10) -> QueueStatistics:
+        """The queue's current :class:`QueueStatistics`.
+
+        Args:
+            deadline: accepted for App Engine's signature (checked, then unused).
+
+        Raises:
+            UnknownQueueError: the queue is not declared.
+            Error: the backend has no statistics (``CloudTasksBackend``: the message names the
+                Cloud Monitoring metrics to read instead).
+        """
+        _check_deadline(deadline)
+        return QueueStatistics._of(self)
+
+    def fetch_statistics_async(self) -> AddResult[QueueStatistics]:
+        """Like :meth:`fetch_statistics`; ``get_result()`` on the returned object gives them."""
+        return _settled(lambda: QueueStatistics._of(self))
+
     def __repr__(self) -> str:
         return f"Queue<{self._name}>"
 
@@ -298,6 +352,109 @@ class Queue:
 
     def __hash__(self) -> int:
         return hash(self._name)
+
+
+@dataclass(eq=True)
+class QueueStatistics:
+    """The state of a queue, as App Engine's ``QueueStatistics``.
+
+    Attributes:
+        queue: the :class:`Queue`.
+        tasks: tasks not yet finished or deleted (pending, leased or being delivered).
+        oldest_eta_usec: the earliest ETA that has come among them, in microseconds since the
+            epoch; None when the queue has no backlog (empty, or only tasks to run later).
+        executed_last_minute: push queues: deliveries started in the last minute; pull queues:
+            tasks leased in the last minute.
+        in_flight: push queues: tasks being delivered now; None for pull queues.
+        enforced_rate: push queues: tasks per second the queue may start (its queue.yaml
+            ``rate``, 0 while paused); None for pull queues.
+
+    Example:
+        >>> stats = taskqueue.Queue("mail").fetch_statistics()        # doctest: +SKIP
+        >>> stats.tasks, stats.oldest_eta_usec                        # doctest: +SKIP
+    """
+
+    queue: Queue
+    tasks: int
+    oldest_eta_usec: int | None = None
+    executed_last_minute: int | None = None
+    in_flight: int | None = None
+    enforced_rate: float | None = None
+
+    @classmethod
+    def _of(cls, queue: Queue) -> QueueStatistics:
+        figures = statistics_backend().queue_statistics(queue.name)
+        oldest = figures.oldest_eta
+        return cls(
+            queue=queue,
+            tasks=figures.tasks,
+            oldest_eta_usec=None if oldest is None else round(oldest * 1_000_000),
+            executed_last_minute=figures.executed_last_minute,
+            in_flight=figures.in_flight,
+            enforced_rate=figures.enforced_rate,
+        )
+
+    @overload
+    @classmethod
+    def fetch(  # type: ignore[overload-overlap]  # a str is one queue, not an iterable
+        cls, queue_or_queues: Queue | str, deadline: float = 10
+    ) -> QueueStatistics: ...
+    @overload
+    @classmethod
+    def fetch(
+        cls, queue_or_queues: Iterable[Queue] | Iterable[str], deadline: float = 10
+    ) -> list[QueueStatistics]: ...
+
+    @classmethod
+    def fetch(cls, queue_or_queues: Any, deadline: float = 10) -> Any:
+        """The statistics of one queue, or of a list of queues (in the order given).
+
+        Args:
+            queue_or_queues: a :class:`Queue` or a queue name (one result), or an iterable of
+                queues or of names (a list).
+            deadline: accepted for App Engine's signature (checked, then unused).
+
+        Raises:
+            TypeError: not a queue, a name or an iterable of only one of the two.
+            UnknownQueueError: a queue is not declared.
+            Error: the backend has no statistics (``CloudTasksBackend``; see
+                :meth:`Queue.fetch_statistics`).
+        """
+        _check_deadline(deadline)
+        return cls.fetch_async(queue_or_queues).get_result()
+
+    @classmethod
+    def fetch_async(cls, queue_or_queues: Any) -> AddResult[Any]:
+        """Like :meth:`fetch`; ``get_result()`` on the returned object gives its result.
+
+        A bad argument raises ``TypeError`` here; queue errors come from ``get_result()``.
+        """
+        queues, wants_list = _queues_of(queue_or_queues)
+        if wants_list:
+            return _settled(lambda: [cls._of(queue) for queue in queues])
+        return _settled(lambda: cls._of(queues[0]))
+
+
+def _queues_of(queue_or_queues: object) -> tuple[list[Queue], bool]:
+    """App Engine's reading of ``fetch``'s argument: (the queues, whether a list is wanted)."""
+    if isinstance(queue_or_queues, (str, Queue)):
+        items: list[object] = [queue_or_queues]
+        wants_list = False
+    elif isinstance(queue_or_queues, Iterable) and not isinstance(queue_or_queues, bytes):
+        items = list(queue_or_queues)
+        wants_list = True
+    else:
+        raise TypeError(
+            "queue_or_queues must be a Queue, a queue name, or an iterable of queues or of "
+            f"queue names, not {type(queue_or_queues).__name__}"
+        )
+    if all(isinstance(item, str) for item in items):
+        return [Queue(str(item)) for item in items], wants_list
+    if all(isinstance(item, Queue) for item in items):
+        return [item for item in items if isinstance(item, Queue)], wants_list
+    raise TypeError(
+        "queue_or_queues must contain either strings or Queue instances, not both or others"
+    )
 
 
 def _settled(call: Callable[[], T]) -> AddResult[T]:

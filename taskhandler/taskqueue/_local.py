@@ -18,9 +18,11 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import urllib.parse
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,7 +43,7 @@ from ._queue_yaml import QueueConfig, normalize_queues
 from ._scheduler import Scheduler
 from ._store import StoredTask, TaskStore, generated_name, utc
 
-__all__ = ["TOMBSTONE_SECONDS", "LocalTaskQueue", "QueuedTask"]
+__all__ = ["TOMBSTONE_SECONDS", "LocalTaskQueue", "QueueFigures", "QueuedTask"]
 
 logger = logging.getLogger("taskhandler.taskqueue")
 
@@ -126,6 +128,84 @@ class QueuedTask:
         )
 
 
+STATISTICS_WINDOW = 60.0
+"""Seconds ``executed_last_minute`` looks back."""
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """A queue's statistics as a backend reports them (``QueueStatistics`` adds the queue).
+
+    Attributes:
+        tasks: tasks not finished or deleted (pending, leased or being delivered).
+        oldest_eta: the earliest ETA that has come among them (seconds since the epoch), or
+            None when there is no backlog (no task, or only tasks whose ETA is to come).
+        executed_last_minute: deliveries started (push) or tasks leased (pull) in the last
+            minute.
+        in_flight: push queues: tasks being delivered; None for pull queues.
+        enforced_rate: push queues: tasks per second the queue may start (0 when paused);
+            None for pull queues.
+    """
+
+    tasks: int
+    oldest_eta: float | None
+    executed_last_minute: int
+    in_flight: int | None
+    enforced_rate: float | None
+
+
+class _RecentCounts:
+    """Per queue, how many tasks started in the last :data:`STATISTICS_WINDOW` seconds.
+
+    Entries older than the window are dropped as new ones come and on reading, so the memory
+    held is what one minute of starts needs (one entry per lease batch).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, deque[tuple[float, int]]] = {}
+
+    def _prune(self, events: deque[tuple[float, int]], now: float) -> None:
+        while events and events[0][0] <= now - STATISTICS_WINDOW:
+            events.popleft()
+
+    def add(self, queue_name: str, now: float, count: int) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            events = self._events.setdefault(queue_name, deque())
+            self._prune(events, now)
+            events.append((now, count))
+
+    def count(self, queue_name: str, now: float) -> int:
+        with self._lock:
+            events = self._events.get(queue_name)
+            if not events:
+                return 0
+            self._prune(events, now)
+            return sum(count for _, count in events)
+
+
+class _CountingScheduler(Scheduler):
+    """The dispatch scheduler, also noting when each queue's deliveries start."""
+
+    def __init__(
+        self,
+        queues: Mapping[str, QueueConfig],
+        *,
+        slots: int,
+        clock: Callable[[], float],
+        started: _RecentCounts,
+    ) -> None:
+        super().__init__(queues, slots=slots)
+        self._clock = clock
+        self._started = started
+
+    def took(self, queue_name: str, count: int) -> None:
+        super().took(queue_name, count)
+        self._started.add(queue_name, float(self._clock()), count)
+
+
 class LocalTaskQueue:
     """An embedded push queue: SQLite storage and in-process or HTTP dispatch.
 
@@ -203,6 +283,7 @@ class LocalTaskQueue:
             for name, dest in (targets or {}).items()
         }
         self._db_path = str(db)
+        self._started = _RecentCounts()
         self._closed = False
         self._store = TaskStore(
             self._db_path, busy_timeout=float(busy_timeout), tombstone_seconds=tombstone_seconds
@@ -214,7 +295,9 @@ class LocalTaskQueue:
             raise ConfigError(f"cannot open the queue database: {exc}", path=self._db_path) from exc
         self._loop = DispatchLoop(
             store=self._store,
-            scheduler=Scheduler(self._queues, slots=workers + PREFETCH),
+            scheduler=_CountingScheduler(
+                self._queues, slots=workers + PREFETCH, clock=self._clock, started=self._started
+            ),
             clock=self._clock,
             transport=self._transport,
             transports=self._transports,
@@ -380,6 +463,7 @@ class LocalTaskQueue:
                 tag=tag,
                 may_lease=may_lease,
             )
+        self._started.add(queue_name, now, len(leased))
         for task in spent:
             logger.warning(
                 "task %s in queue %s cannot be leased again after %d leases; deleted",
@@ -455,6 +539,31 @@ class LocalTaskQueue:
         self._config(queue_name)
         with self._store.reading("listing tasks") as tx:
             return [QueuedTask._of(task) for task in tx.live(queue_name)]
+
+    def queue_statistics(self, queue_name: str) -> QueueFigures:
+        """The queue's figures, for ``Queue.fetch_statistics()`` and ``QueueStatistics.fetch()``.
+
+        ``tasks``, ``oldest_eta`` and ``in_flight`` are read from the database, so they include
+        what other processes sharing the file added or are delivering;
+        ``executed_last_minute`` counts the deliveries this object started and the tasks it
+        leased in the last minute (of its clock).
+
+        Raises:
+            UnknownQueueError: the queue is not declared.
+        """
+        config = self._config(queue_name)
+        now = self.now()
+        with self._store.reading(f"reading statistics of queue {queue_name!r}") as tx:
+            tasks, oldest, leased = tx.queue_figures(queue_name, now)
+        push = config.mode == "push"
+        paused = push and (config.paused or self._loop.is_paused(queue_name))
+        return QueueFigures(
+            tasks=tasks,
+            oldest_eta=oldest,
+            executed_last_minute=self._started.count(queue_name, now),
+            in_flight=leased if push else None,
+            enforced_rate=(0.0 if paused else float(config.rate)) if push else None,
+        )
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per queue, the number of tasks in each state (pending, leased, done, deleted, failed)."""

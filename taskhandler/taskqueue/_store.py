@@ -666,6 +666,20 @@ class Transaction:
         rows = self._conn.execute("SELECT queue, state, COUNT(*) FROM tasks GROUP BY queue, state")
         return [(row[0], row[1], int(row[2])) for row in rows]
 
+    def queue_figures(self, queue_name: str, now: float) -> tuple[int, float | None, int]:
+        """(live tasks, earliest ETA that has come among them or None, tasks leased) of a queue.
+
+        One read of the ``tasks_by_state`` index (state, queue, eta), which covers it.
+        """
+        row = self._conn.execute(
+            "SELECT COUNT(*), MIN(CASE WHEN eta <= ? THEN eta END), "
+            "COALESCE(SUM(state = 'leased'), 0) "
+            "FROM tasks WHERE state IN ('pending', 'leased') AND queue = ?",
+            (now + _ETA_SLACK, queue_name),
+        ).fetchone()
+        oldest = row[1]
+        return int(row[0]), None if oldest is None else float(oldest), int(row[2])
+
     def earliest_eta(self, queue_name: str) -> float | None:
         """The earliest ETA of the queue's pending tasks, or None when it has none."""
         value = self._conn.execute(
