@@ -443,3 +443,99 @@ def test_large_deferred_call_runs_from_the_stub(stub: testbed.TaskQueueServiceSt
     deferred.run(task.payload)
     assert [f"invoice 9 x{'x' * (120 * 1024)}"] == SENT
     assert len(deferred.current_store()) == 0  # type: ignore[arg-type]
+
+
+# -- pull queues in the stub ----------------------------------------------------------------------
+
+PULL_YAML = QUEUE_YAML + "- name: work\n  mode: pull\n"
+
+
+@pytest.fixture
+def pull_stub(tmp_path: Path) -> Iterator[testbed.TaskQueueServiceStub]:
+    """An active testbed's stub whose queue.yaml also declares a pull queue, ``work``."""
+    (tmp_path / "queue.yaml").write_text(PULL_YAML)
+    bed = testbed.Testbed()
+    bed.activate()
+    bed.init_taskqueue_stub(root_path=tmp_path)
+    found = bed.get_stub(testbed.TASKQUEUE_SERVICE_NAME)
+    assert found is not None
+    yield found
+    bed.deactivate()
+
+
+def _add_pull_tasks() -> None:
+    work = taskqueue.Queue("work")
+    work.add(taskqueue.Task(payload=b"\x00one", method="PULL", tag="red", name="one"))
+    work.add(taskqueue.Task(payload="two", method="PULL", name="two", countdown=30))
+    taskqueue.add(url="/a", name="push")
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        pytest.param(
+            {"queue_names": "work"},
+            [("one", "PULL", b"\x00one", "red"), ("two", "PULL", b"two", None)],
+            id="the pull queue",
+        ),
+        pytest.param({"name": "one"}, [("one", "PULL", b"\x00one", "red")], id="by name"),
+        pytest.param(
+            {},
+            [
+                ("push", "POST", b"", None),
+                ("one", "PULL", b"\x00one", "red"),
+                ("two", "PULL", b"two", None),
+            ],
+            id="every queue",
+        ),
+    ],
+)
+def test_get_filtered_tasks_lists_pull_tasks(
+    pull_stub: testbed.TaskQueueServiceStub,
+    filters: dict[str, Any],
+    expected: list[tuple[str, str, bytes, str | None]],
+) -> None:
+    """Pull tasks are listed as Tasks with method PULL, their payload and their tag."""
+    _add_pull_tasks()
+    found = pull_stub.get_filtered_tasks(**filters)
+    assert [(t.name, t.method, t.payload or b"", t.tag) for t in found] == expected
+    assert all(isinstance(t, taskqueue.Task) for t in found)
+    assert [t.queue_name for t in found if t.method == "PULL"] == ["work"] * sum(
+        1 for e in expected if e[1] == "PULL"
+    )
+
+
+def test_get_tasks_lists_pull_tasks(pull_stub: testbed.TaskQueueServiceStub) -> None:
+    """GetTasks gives pull tasks in ETA order, method PULL, base64 body, and a tag when set."""
+    _add_pull_tasks()
+    one, two = pull_stub.GetTasks("work")
+    assert (one["name"], one["method"], one["tag"]) == ("one", "PULL", "red")
+    assert base64.b64decode(one["body"]) == b"\x00one"
+    assert (two["name"], two["method"], base64.b64decode(two["body"])) == ("two", "PULL", b"two")
+    assert "tag" not in two
+    assert re.fullmatch(r"0:00:[23]\d from now", two["eta_delta"])
+    assert ("X-AppEngine-QueueName", "work") in one["headers"]
+
+
+def test_leased_pull_tasks_stay_listed_until_deleted(
+    pull_stub: testbed.TaskQueueServiceStub,
+) -> None:
+    """A leased pull task is still in the queue (as in App Engine's stub) until deleted."""
+    _add_pull_tasks()
+    work = taskqueue.Queue("work")
+    [leased] = work.lease_tasks(lease_seconds=60, max_tasks=10)
+    assert leased.name == "one"
+    assert [t.name for t in pull_stub.get_filtered_tasks(queue_names="work")] == ["two", "one"]
+    work.delete_tasks(leased)
+    assert [t["name"] for t in pull_stub.GetTasks("work")] == ["two"]
+
+
+def test_pull_queue_counts_delete_and_flush(pull_stub: testbed.TaskQueueServiceStub) -> None:
+    """GetQueues counts pull tasks; DeleteTask and FlushQueue work on a pull queue."""
+    _add_pull_tasks()
+    counts = {q["name"]: (q["mode"], q["tasks_in_queue"]) for q in pull_stub.GetQueues()}
+    assert counts["work"] == ("pull", 2)
+    pull_stub.DeleteTask("work", "one")
+    assert [t.name for t in pull_stub.get_filtered_tasks(queue_names="work")] == ["two"]
+    pull_stub.FlushQueue("work")
+    assert pull_stub.GetTasks("work") == []

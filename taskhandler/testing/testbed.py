@@ -173,27 +173,58 @@ def _stub_headers(task: QueuedTask) -> list[tuple[str, str]]:
     return headers
 
 
+def _task_dict(task: QueuedTask, now: datetime.datetime) -> dict[str, Any]:
+    """A task as App Engine's stub's ``GetTasks`` gives it (``tag`` for a tagged pull task)."""
+    entry: dict[str, Any] = {
+        "name": task.task_name,
+        "queue_name": task.queue_name,
+        "url": task.url,
+        "method": task.method,
+        "eta": task.eta.strftime(TIME_STR_FMT),
+        "eta_usec": _usec(task.eta),
+        "eta_delta": _delta(task.eta, now),
+        "body": base64.b64encode(task.payload),
+        "creation_time_usec": _usec(task.created),
+        "headers": _stub_headers(task),
+    }
+    if task.tag is not None:
+        entry["tag"] = task.tag
+    return entry
+
+
 class StubTask(Task):
     """A task waiting in the stub, as ``get_filtered_tasks`` returns it: a :class:`Task`.
 
     Besides ``Task``'s ``url``, ``name``, ``payload``, ``method``, ``eta`` and
     ``extract_params()``, its ``headers`` include the ``X-AppEngine-*`` headers the queue
-    would send, as App Engine's stub showed them, and ``queue_name`` is its queue.
+    would send, as App Engine's stub showed them, and ``queue_name`` is its queue. A pull
+    task has ``method == "PULL"``, its ``payload`` and its ``tag``.
     """
 
     def __init__(self, queued: QueuedTask) -> None:
         own: dict[str, list[str]] = {}
         for name, value in queued.headers:
             own.setdefault(name, []).append(value)
-        body = queued.method in ("POST", "PUT") and queued.payload
-        super().__init__(
-            queued.payload if body else None,
-            name=queued.task_name,
-            method=queued.method,
-            url=queued.url,
-            headers=own,
-            eta=queued.eta,
-        )
+        if queued.method == "PULL":
+            # A pull task has a payload and maybe a tag; no URL, headers or target.
+            super().__init__(
+                queued.payload,
+                name=queued.task_name,
+                method="PULL",
+                tag=queued.tag,
+                eta=queued.eta,
+                _size_check=False,
+            )
+        else:
+            body = queued.method in ("POST", "PUT") and queued.payload
+            super().__init__(
+                queued.payload if body else None,
+                name=queued.task_name,
+                method=queued.method,
+                url=queued.url,
+                headers=own,
+                eta=queued.eta,
+            )
         self._queued = queued
         self._stub_headers = _stub_headers(queued)
 
@@ -257,7 +288,7 @@ class TaskQueueServiceStub:
         config = self.queue.queues.get(queue_name)
         if config is None:
             raise KeyError(queue_name)
-        return self.queue.tasks(queue_name) if config.mode == "push" else []
+        return self.queue.tasks(queue_name)
 
     # -- what App Engine tests call ------------------------------------------------------
 
@@ -295,26 +326,13 @@ class TaskQueueServiceStub:
         Each has ``name``, ``queue_name``, ``url``, ``method``, ``eta`` (``%Y/%m/%d
         %H:%M:%S`` UTC), ``eta_usec``, ``eta_delta``, ``body`` (base64, bytes),
         ``creation_time_usec`` and ``headers`` (a list of pairs, ``X-AppEngine-*`` included).
+        A pull task's ``method`` is ``"PULL"``, and a tagged one has ``tag`` (a string).
 
         Raises:
             KeyError: the queue is not declared.
         """
         now = datetime.datetime.fromtimestamp(self.queue.now(), datetime.timezone.utc)
-        return [
-            {
-                "name": task.task_name,
-                "queue_name": task.queue_name,
-                "url": task.url,
-                "method": task.method,
-                "eta": task.eta.strftime(TIME_STR_FMT),
-                "eta_usec": _usec(task.eta),
-                "eta_delta": _delta(task.eta, now),
-                "body": base64.b64encode(task.payload),
-                "creation_time_usec": _usec(task.created),
-                "headers": _stub_headers(task),
-            }
-            for task in self._queued(queue_name)
-        ]
+        return [_task_dict(task, now) for task in self._queued(queue_name)]
 
     def GetQueues(self) -> list[dict[str, Any]]:
         """Every declared queue as App Engine's stub gives it: dicts, sorted by name.
@@ -351,7 +369,7 @@ class TaskQueueServiceStub:
         Unlike App Engine's stub, the names of named tasks stay reserved (tombstones), as
         they do in production; use new names, or a new ``Testbed``, to add them again.
         """
-        if queue_name in self.queue.queues and self.queue.queues[queue_name].mode == "push":
+        if queue_name in self.queue.queues:
             self.queue.purge(queue_name)
 
     def DeleteTask(self, queue_name: str, task_name: str) -> None:
@@ -359,7 +377,7 @@ class TaskQueueServiceStub:
 
         The name of a named task stays reserved, as in :meth:`FlushQueue`.
         """
-        if queue_name in self.queue.queues and self.queue.queues[queue_name].mode == "push":
+        if queue_name in self.queue.queues:
             self.queue.delete(queue_name, task_name)
 
     def close(self) -> None:
