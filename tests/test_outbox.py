@@ -94,7 +94,9 @@ def world(database: Database, tmp_path: Path) -> Iterator[World]:
         key = "INTEGER PRIMARY KEY" if database.kind == "sqlite" else "SERIAL PRIMARY KEY"
         conn.execute(text(f"CREATE TABLE orders (id {key}, item VARCHAR(50))"))
     queue = LocalTaskQueue(
-        app, db=tmp_path / "queue.sqlite3", queues=[QueueConfig(name="mail", rate=1000.0)]
+        app,
+        db=tmp_path / "queue.sqlite3",
+        queues=[QueueConfig(name="mail", rate=1000.0), QueueConfig(name="work", mode="pull")],
     )
     outbox = Outbox(engine)
     outbox.create_table()
@@ -332,6 +334,92 @@ def test_payload_headers_eta_and_retry_survive_the_table(world: World) -> None:
     assert stored.payload == b"\x00\xffbytes"
     assert ("X-Custom", "1") in stored.headers
     assert abs(stored.eta.timestamp() - added.eta.timestamp()) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("tag", "stored"),
+    [
+        pytest.param("red", "red", id="text tag"),
+        pytest.param(b"blue", "blue", id="bytes tag"),
+        pytest.param(None, None, id="no tag"),
+    ],
+)
+def test_a_pull_task_keeps_its_tag(
+    world: World, tag: str | bytes | None, stored: str | None
+) -> None:
+    """A transactional pull task relayed through the table arrives with its tag and payload."""
+    session = Session(world.engine)
+    with world.outbox.transaction(session):
+        taskqueue.Queue("work").add(
+            taskqueue.Task(payload=b"\x00job", method="PULL", tag=tag), transactional=True
+        )
+    assert world.outbox.relay_until_idle() == 1
+    [leased] = taskqueue.Queue("work").lease_tasks_by_tag(60, 10, tag=tag)
+    assert leased.payload == b"\x00job"
+    assert leased.tag == stored
+    assert [t.tag for t in world.queue.tasks("work")] == [stored]
+
+
+class Recording:
+    """A real LocalTaskQueue, also keeping every task record the relay hands it."""
+
+    def __init__(self, queue: LocalTaskQueue) -> None:
+        self.queue = queue
+        self.seen: list[taskqueue.NewTask] = []
+
+    def now(self) -> float:
+        return self.queue.now()
+
+    def check_queue(self, queue_name: str) -> None:
+        self.queue.check_queue(queue_name)
+
+    def enqueue(self, tasks: Any, *, atomic: bool = False) -> list[str | taskqueue.Error]:
+        self.seen.extend(tasks)
+        return self.queue.enqueue(tasks, atomic=atomic)
+
+    def delete(self, queue_name: str, task_name: str) -> bool:
+        return self.queue.delete(queue_name, task_name)
+
+    def purge(self, queue_name: str) -> int:
+        return self.queue.purge(queue_name)
+
+
+@pytest.mark.parametrize(
+    ("usec", "seconds"),
+    [
+        pytest.param(90_000_000, 90.0, id="90 s"),
+        pytest.param(15_500_000, 15.5, id="fractional seconds"),
+        pytest.param(None, None, id="none: the queue's"),
+    ],
+)
+def test_a_dispatch_deadline_survives_the_table(
+    world: World, usec: int | None, seconds: float | None
+) -> None:
+    """The relay hands the queue the dispatch deadline the task was added with."""
+    session = Session(world.engine)
+    with world.outbox.transaction(session):
+        taskqueue.add(url="/ship/d", dispatch_deadline_usec=usec, transactional=True)
+    recording = Recording(world.queue)
+    assert Outbox(world.engine, backend=recording).relay_until_idle() == 1
+    [record] = recording.seen
+    assert (record.url, record.dispatch_deadline) == ("/ship/d", seconds)
+
+
+def test_rows_written_before_tags_and_deadlines_still_relay(world: World) -> None:
+    """A row whose task JSON predates tag and dispatch_deadline relays with neither set."""
+    old_json = '{"method":"POST","url":"/ship/old","headers":[],"eta":0,"target":null,"retry":null}'
+    with world.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO taskhandler_outbox (task_name, queue_name, task, payload, created)"
+                " VALUES ('outbox-0123456789abcdef0123456789abcdef', 'default', :task, :payload, 0)"
+            ),
+            {"task": old_json, "payload": b""},
+        )
+    recording = Recording(world.queue)
+    assert Outbox(world.engine, backend=recording).relay_until_idle() == 1
+    [record] = recording.seen
+    assert (record.url, record.tag, record.dispatch_deadline) == ("/ship/old", None, None)
 
 
 def test_a_refused_row_stays_with_its_error(world: World, tmp_path: Path) -> None:

@@ -26,12 +26,15 @@ from ..exceptions import ConfigError
 from ..taskqueue import (
     BadTransactionStateError,
     Error,
+    InvalidQueueModeError,
     NewTask,
+    PullQueueBackend,
     TaskAlreadyExistsError,
     TaskQueueBackend,
     TombstonedTaskError,
     current_backend,
 )
+from ..taskqueue._backend import NO_PULL_QUEUES
 from ..taskqueue._enqueue import _sink, bind_transaction_sink, reset_transaction_sink
 from ._schema import (
     DEFAULT_TABLE,
@@ -295,8 +298,13 @@ class Outbox:
                 backend = current_backend()
             except Error:
                 return  # no queue in this process: the relay's queue checks the names
-        for queue_name in {record.queue_name for record in records}:
-            backend.check_queue(queue_name)
+        for queue_name, pull in {(r.queue_name, r.method == "PULL") for r in records}:
+            if not pull:
+                backend.check_queue(queue_name)
+            elif isinstance(backend, PullQueueBackend):
+                backend.check_pull_queue(queue_name)
+            else:
+                raise InvalidQueueModeError(NO_PULL_QUEUES.format(backend=type(backend).__name__))
 
     def bind(self, session: Any) -> Outbox:
         """Bind a SQLAlchemy ``Session`` (or ``sessionmaker``/``scoped_session``) for good.

@@ -9,7 +9,10 @@ Columns:
 - ``task_name``: ``outbox-`` and 32 random hex digits, chosen when the row is written: the
   name the task gets in the queue, so a second hand-off of the same row is refused by the
   queue's named-task deduplication instead of creating a second task;
-- ``queue_name``, ``task`` (JSON: method, url, headers, eta, target, retry) and ``payload``;
+- ``queue_name``, ``task`` (JSON: method, url, headers, eta, target, retry, and when set a
+  pull task's ``tag`` and a push task's ``dispatch_deadline`` in seconds) and ``payload``.
+  New task fields go into this JSON, so the table never needs a migration: rows written
+  before a field existed read as "not set";
 - ``created``: seconds since the epoch when the row was written;
 - ``not_before``: the row is not handed off before then (backoff after a refusal);
 - ``attempts`` and ``last_error``: refusals so far, and the last one's message;
@@ -179,6 +182,11 @@ def row_values(task_name: str, record: NewTask, now: float) -> tuple[Any, ...]:
         "target": record.target,
         "retry": None if record.retry is None else dataclasses.asdict(record.retry),
     }
+    # Written only when set, so rows of push tasks without a deadline stay as they were.
+    if record.tag is not None:
+        spec["tag"] = record.tag
+    if record.dispatch_deadline is not None:
+        spec["dispatch_deadline"] = record.dispatch_deadline
     return (
         task_name,
         record.queue_name,
@@ -202,4 +210,6 @@ def to_task(row: Row) -> NewTask:
         eta=float(spec["eta"]),
         target=spec.get("target"),
         retry=None if retry is None else RetryParameters(**retry),
+        tag=spec.get("tag"),
+        dispatch_deadline=spec.get("dispatch_deadline"),
     )
