@@ -181,11 +181,18 @@ def sync_queues(
     Raises:
         ConfigError: a queue Cloud Tasks cannot take, or an API error (with its message).
     """
-    from .taskqueue.cloudtasks import CloudTasksBackend, _import_tasks
+    import os
+
+    from .taskqueue.cloudtasks import EMULATOR_ENV, _import_tasks, emulator_client
 
     tasks_v2, exceptions = _import_tasks()
-    if client is None:
-        client = CloudTasksBackend(project, location, retry=False).client
+    if client is None and os.environ.get(EMULATOR_ENV):
+        client = emulator_client(os.environ[EMULATOR_ENV])
+    elif client is None:
+        try:
+            client = tasks_v2.CloudTasksClient()
+        except exceptions.GoogleAPIError as exc:  # no default credentials
+            raise ConfigError(f"queues sync: cannot make a client: {exc}") from exc
     parent = f"projects/{project}/locations/{location}"
     try:
         existing = {q.name: q for q in client.list_queues(parent=parent)}
