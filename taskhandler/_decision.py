@@ -58,6 +58,8 @@ class Settings:
     grace: float
     login_url: str
     serves_pages: bool
+    on_error: Callable[[TaskContext, BaseException, bool], Any] | None = None
+    """``on_error(task, exc, final)`` for exceptions that escape the app, or ``None``."""
 
     @property
     def decides_plain_requests(self) -> bool:
@@ -75,6 +77,7 @@ def make_settings(
     authenticator: Authenticator | None,
     deadline: float | None,
     grace: float | None,
+    on_error: Callable[[TaskContext, BaseException, bool], Any] | None = None,
 ) -> Settings:
     """Validate a middleware's keywords once; ``ConfigError`` names the bad value.
 
@@ -97,6 +100,8 @@ def make_settings(
             "vouch for: use it with TrustPolicy.app_engine()",
             value=authenticator,
         )
+    if on_error is not None and not callable(on_error):
+        raise ConfigError("on_error must be callable: (task, exc, final) -> None", value=on_error)
     if deadline is None:
         deadline = config.task_deadline if config is not None else None
     if grace is None and deadline is not None and 0 < deadline <= DEFAULT_GRACE:
@@ -115,6 +120,7 @@ def make_settings(
         grace=grace_s,
         login_url=str(getattr(authenticator, "login_url", "/_ah/login")),
         serves_pages=callable(getattr(authenticator, "serve", None)),
+        on_error=on_error,
     )
 
 
@@ -310,8 +316,9 @@ class MiddlewareBase:
         authenticator: Authenticator | None = None,
         deadline: float | None = None,
         grace: float | None = None,
+        on_error: Callable[[TaskContext, BaseException, bool], Any] | None = None,
     ) -> None:
-        self._adopt(app, make_settings(trust, config, authenticator, deadline, grace))
+        self._adopt(app, make_settings(trust, config, authenticator, deadline, grace, on_error))
 
     def _adopt(self, app: Any, settings: Settings) -> None:
         self.app = app

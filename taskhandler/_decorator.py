@@ -23,6 +23,7 @@ from ._types import StartResponse, WSGIEnvironment
 from .config import AppConfig
 from .exceptions import ConfigError
 from .handler import Hook
+from .outcome import AttemptsCount, ErrorHook
 from .trust import Authenticator, TrustPolicy
 
 __all__ = ["AsyncTaskHandler", "TaskHandler", "task_handler"]
@@ -41,6 +42,8 @@ class TaskHandler(Generic[F]):
         max_attempts: int | None = None,
         on_give_up: Hook | None = None,
         on_permanent_failure: Hook | None = None,
+        on_error: ErrorHook | None = None,
+        max_attempts_counts: AttemptsCount = "retries",
         trust: TrustPolicy | None = None,
         config: AppConfig | None = None,
         authenticator: Authenticator | None = None,
@@ -55,12 +58,25 @@ class TaskHandler(Generic[F]):
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise ConfigError("max_attempts must be a positive integer", value=max_attempts)
+        if max_attempts_counts not in ("retries", "executions"):
+            raise ConfigError(
+                "max_attempts_counts must be 'retries' or 'executions'", value=max_attempts_counts
+            )
+        for name, hook in (
+            ("on_give_up", on_give_up),
+            ("on_permanent_failure", on_permanent_failure),
+            ("on_error", on_error),
+        ):
+            if hook is not None and not callable(hook):
+                raise ConfigError(f"{name} must be callable", value=hook)
         functools.update_wrapper(self, func)
         self.func = func
         self.payload = payload
         self.max_attempts = max_attempts
         self.on_give_up = on_give_up
         self.on_permanent_failure = on_permanent_failure
+        self.on_error = on_error
+        self.max_attempts_counts: AttemptsCount = max_attempts_counts
         self.is_async = inspect.iscoroutinefunction(func)
         self._options: dict[str, Any] = {
             "trust": trust,
@@ -184,6 +200,8 @@ def task_handler(
     max_attempts: int | None = ...,
     on_give_up: Hook | None = ...,
     on_permanent_failure: Hook | None = ...,
+    on_error: ErrorHook | None = ...,
+    max_attempts_counts: AttemptsCount = ...,
     trust: TrustPolicy | None = ...,
     config: AppConfig | None = ...,
     authenticator: Authenticator | None = ...,
@@ -197,7 +215,14 @@ def task_handler(func: F | None = None, /, **options: Any) -> Any:
         payload: a pydantic model filled from the JSON body, form body or query string;
             a payload that fails validation is a permanent failure (200, not retried).
         max_attempts: after this many failed deliveries, answer 200 ``given-up``.
+        max_attempts_counts: ``"retries"`` (the default) counts every delivery
+            (``retry_count``); ``"executions"`` counts only those that reached the app
+            (``execution_count``), for queues where attempts fail before they arrive.
         on_give_up / on_permanent_failure: ``hook(task, exc)`` called before acknowledging.
+        on_error: ``hook(task, exc, final)`` told of every exception the handler raised
+            (``RetryTask``/``PermanentTaskFailure`` aside), ``final`` when the queue will
+            not retry; for error reporters. Without it the final attempt's traceback is
+            logged at ERROR; retried attempts are one WARNING line either way.
         trust / config / authenticator / deadline / grace: used when no ``TaskMiddleware``
             is in front (its decision wins when it is).
 

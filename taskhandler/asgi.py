@@ -44,6 +44,7 @@ from ._decision import (
 )
 from ._request import RequestView
 from ._response import OUTCOME_HEADER, Response, plain_response
+from ._trace import Trace, attempt, publish, trace_from_headers
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from ._watchdog import arm
 from .context import TaskContext
@@ -104,6 +105,9 @@ class TaskMiddleware(MiddlewareBase):
             pass ``login: admin``.
         deadline: task deadline in seconds (overrides the config's; default 600).
         grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
+        on_error: optional ``hook(task, exc, final)`` told of every exception a task request
+            raised (an error reporter: Sentry, Error Reporting); a ``@task_handler``'s own
+            ``on_error=`` wins. Without one, the final attempt's traceback is logged.
 
     Per request it puts ``scope["taskhandler.state"]`` (a ``RequestState``) and, when it
     removed headers, ``scope["taskhandler.stripped"]`` (their lower-case names).
@@ -135,6 +139,9 @@ class TaskMiddleware(MiddlewareBase):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
                 scope[STATE_KEY] = self.undecided(request_info, scope)
+                if not _TRACE_NAMES.isdisjoint(names.present):
+                    await _traced(self.app, scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
 
@@ -165,9 +172,15 @@ class TaskMiddleware(MiddlewareBase):
 
         # Steps 5-6: a task runs under its deadline, and its outcome becomes the status.
         if decision.context is None or outer is not None:
+            if outer is None and not _TRACE_NAMES.isdisjoint(names.present):
+                await _traced(self.app, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         await run_task(self.app, scope, receive, send, decision.context, settings)
+
+
+_TRACE_NAMES = frozenset(("traceparent", "x-cloud-trace-context"))
 
 
 # -- scope -> request view ----------------------------------------------------------------
@@ -534,6 +547,40 @@ async def run_task(
     settings: Settings,
 ) -> None:
     """Run ``app`` as a task request: current task, deadline armed, outcome mapped, one log record.
+
+    The request's trace (``traceparent``, ``X-Cloud-Trace-Context``) is current meanwhile.
+    """
+    with attempt(ctx, _scope_trace(scope), settings.on_error):
+        await _run_task(app, scope, receive, send, ctx, settings)
+
+
+def _scope_trace(scope: Scope) -> Trace | None:
+    """The trace the request's headers name, or ``None``."""
+    traceparent = cloud = None
+    for name, value in scope["headers"]:
+        lowered = bytes(name).lower()
+        if lowered == b"traceparent":
+            traceparent = _text(value)
+        elif lowered == b"x-cloud-trace-context":
+            cloud = _text(value)
+    return trace_from_headers(traceparent, cloud)
+
+
+async def _traced(app: ASGIApplication, scope: Scope, receive: Receive, send: Send) -> None:
+    """Call ``app`` with the request's trace current (tasks it adds carry it on)."""
+    with publish(_scope_trace(scope)):
+        await app(scope, receive, send)
+
+
+async def _run_task(
+    app: ASGIApplication,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    ctx: TaskContext,
+    settings: Settings,
+) -> None:
+    """:func:`run_task` under the request's trace.
 
     The response is buffered until the app returns (the queue reads only the status), so
     that the deadline covers all of it and a failure at any point still becomes a clean 500.

@@ -19,10 +19,20 @@ from pydantic import BaseModel, ValidationError
 
 from ._decision import RequestState, Settings, synthetic_context
 from ._response import OUTCOME_HEADER, Response, plain_response
+from ._trace import current_attempt
 from ._types import WSGIApplication
 from .context import TaskContext
 from .exceptions import PermanentTaskFailure, RetryTask
-from .outcome import Result, failure_response, give_up, outcome_for_status, result_for_exception
+from .outcome import (
+    AttemptsCount,
+    ErrorHook,
+    Result,
+    failure_response,
+    give_up,
+    outcome_for_status,
+    report_failure,
+    result_for_exception,
+)
 
 __all__ = [
     "MAX_BODY",
@@ -151,6 +161,10 @@ class Handler(Protocol):
     @property
     def on_permanent_failure(self) -> Hook | None: ...
     @property
+    def on_error(self) -> ErrorHook | None: ...
+    @property
+    def max_attempts_counts(self) -> AttemptsCount: ...
+    @property
     def is_async(self) -> bool: ...
     @property
     def settings(self) -> Settings:
@@ -182,8 +196,6 @@ def admit(handler: Handler, state: RequestState) -> TaskContext | Response:
 
 def failure_answer(handler: Handler, ctx: TaskContext, exc: BaseException) -> Response:
     """The answer when a handler raised: logged, hooks called, the outcome's status."""
-    if isinstance(exc, Exception) and not isinstance(exc, RetryTask | PermanentTaskFailure):
-        log.error("task %s/%s raised", ctx.queue_name, ctx.task_name, exc_info=exc)
     return failure_response(finish(handler, ctx, exc))
 
 
@@ -206,7 +218,11 @@ def finish(handler: Handler, ctx: TaskContext, exc: BaseException) -> Result:
     A hook that itself fails turns the answer into a retry (500): the task is not
     acknowledged until its dead-letter or failure record has been written.
     """
-    result = give_up(result_for_exception(exc), ctx, handler.max_attempts)
+    first = result_for_exception(exc)
+    result = give_up(first, ctx, handler.max_attempts, _counts(handler))
+    if isinstance(exc, Exception) and not isinstance(exc, RetryTask | PermanentTaskFailure):
+        final = result.outcome == "given-up" or ctx.fail_fast
+        report_failure(ctx, exc, final, _on_error(handler), first.reason)
     hook: Hook | None = None
     if result.outcome == "given-up":
         hook = handler.on_give_up
@@ -227,3 +243,17 @@ def finish(handler: Handler, ctx: TaskContext, exc: BaseException) -> Result:
             )
             return Result(500, "retry", f"{result.outcome} hook failed: {type(hook_exc).__name__}")
     return result
+
+
+def _counts(handler: Handler) -> AttemptsCount:
+    """What the handler's ``max_attempts`` counts (objects made before the option: retries)."""
+    return getattr(handler, "max_attempts_counts", "retries")
+
+
+def _on_error(handler: Handler) -> ErrorHook | None:
+    """The handler's ``on_error``, else the middleware's for this attempt."""
+    own: ErrorHook | None = getattr(handler, "on_error", None)
+    if own is not None:
+        return own
+    current = current_attempt()
+    return None if current is None else current.on_error

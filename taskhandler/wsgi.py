@@ -33,6 +33,7 @@ from ._decision import (
 )
 from ._request import RequestView
 from ._response import Response, plain_response, status_line
+from ._trace import attempt, publish, trace_from_headers
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._watchdog import arm
 from .context import TaskContext, current_task
@@ -91,6 +92,9 @@ class TaskMiddleware(MiddlewareBase):
             pass ``login: admin``.
         deadline: task deadline in seconds (overrides the config's; default 600).
         grace: how long before the deadline ``DeadlineExceededError`` is raised (default 10 s).
+        on_error: optional ``hook(task, exc, final)`` told of every exception a task request
+            raised (an error reporter: Sentry, Error Reporting); a ``@task_handler``'s own
+            ``on_error=`` wins. Without one, the final attempt's traceback is logged.
 
     Per request it puts ``environ["taskhandler.state"]`` (a ``RequestState``) and, when it
     removed headers, ``environ["taskhandler.stripped"]`` (their lower-case names).
@@ -110,6 +114,8 @@ class TaskMiddleware(MiddlewareBase):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
                 environ[STATE_KEY] = self.undecided(request_info, environ)
+                if "HTTP_TRACEPARENT" in environ or "HTTP_X_CLOUD_TRACE_CONTEXT" in environ:
+                    return _traced(self.app, environ, start_response)
             return self.app(environ, start_response)
 
         user = self.user_of(request_info, environ)
@@ -137,8 +143,23 @@ class TaskMiddleware(MiddlewareBase):
 
         # Steps 5-6: a task runs under its deadline, and its outcome becomes the status.
         if decision.context is None or outer is not None:
+            if outer is None and (
+                "HTTP_TRACEPARENT" in environ or "HTTP_X_CLOUD_TRACE_CONTEXT" in environ
+            ):
+                return _traced(self.app, environ, start_response)
             return self.app(environ, start_response)
         return run_task(self.app, environ, start_response, decision.context, settings)
+
+
+def _traced(
+    app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Call ``app`` with the request's trace current (tasks it adds carry it on)."""
+    trace = trace_from_headers(
+        environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
+    )
+    with publish(trace):
+        return app(environ, start_response)
 
 
 # -- environ -> request view --------------------------------------------------------------
@@ -374,6 +395,24 @@ def run_task(
     settings: Settings,
 ) -> list[bytes]:
     """Run ``app`` as a task request: current task, deadline armed, outcome mapped, one log record.
+
+    The request's trace (``traceparent``, ``X-Cloud-Trace-Context``) is current meanwhile.
+    """
+    trace = trace_from_headers(
+        environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
+    )
+    with attempt(ctx, trace, settings.on_error):
+        return _run_task(app, environ, start_response, ctx, settings)
+
+
+def _run_task(
+    app: WSGIApplication,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    ctx: TaskContext,
+    settings: Settings,
+) -> list[bytes]:
+    """:func:`run_task` under the request's trace.
 
     The response is buffered (the queue reads only the status) so that the deadline covers
     the whole body and a failure while producing it still becomes a clean 500.

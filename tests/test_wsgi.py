@@ -282,10 +282,10 @@ def test_one_log_record_per_task_request(caplog: pytest.LogCaptureFixture) -> No
 
 
 def test_exception_is_logged_with_traceback_but_not_sent(caplog: pytest.LogCaptureFixture) -> None:
-    """An unhandled exception is logged with its traceback; the body carries none."""
+    """An unhandled exception on a final (fail-fast) attempt is logged with its traceback."""
     app = TaskMiddleware(Recorder(raises=KeyError("secret-detail")))
     with caplog.at_level(logging.INFO, logger="taskhandler"):
-        _, _, body = call(app, peer="0.1.0.2", **TASK)
+        _, _, body = call(app, peer="0.1.0.2", HTTP_X_APPENGINE_FAILFAST="true", **TASK)
     assert b"secret-detail" not in body
     assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from .._trace import outgoing_traceparent
 from ._backend import NewTask, current_backend, pull_backend
 from ._errors import (
     BadTaskStateError,
@@ -245,7 +247,7 @@ def _add_transactional(queue_name: str, tasks: Sequence[Addable]) -> None:
             " single transaction"
         )
     if sink is not None:
-        names = sink.add([item._record(queue_name) for item in tasks])
+        names = sink.add(_traced([item._record(queue_name) for item in tasks]))
         for item, name in zip(tasks, names, strict=True):
             item._mark_enqueued(queue_name, name)
     elif txn is not None:
@@ -254,6 +256,23 @@ def _add_transactional(queue_name: str, tasks: Sequence[Addable]) -> None:
         else:
             current_backend().check_queue(queue_name)
         txn.pending.extend((queue_name, item) for item in tasks)
+
+
+def _traced(records: list[NewTask]) -> list[NewTask]:
+    """Push tasks added while a request is handled carry its ``traceparent`` (SPEC §16).
+
+    A task that names its own ``traceparent`` keeps it; pull tasks have no headers.
+    """
+    traceparent = outgoing_traceparent()
+    if traceparent is None:
+        return records
+    return [
+        record
+        if record.method == "PULL"
+        or any(name.lower() == "traceparent" for name, _ in record.headers)
+        else dataclasses.replace(record, headers=(*record.headers, ("traceparent", traceparent)))
+        for record in records
+    ]
 
 
 # -- adding ----------------------------------------------------------------------------------
@@ -313,7 +332,7 @@ def add_tasks(
 
     try:
         backend = current_backend()
-        records = [item._record(queue_name) for item in tasks]
+        records = _traced([item._record(queue_name) for item in tasks])
         enqueue_async = getattr(backend, "enqueue_async", None)
         if enqueue_async is not None:
             future: concurrent.futures.Future[list[str | Error]] = enqueue_async(records)
