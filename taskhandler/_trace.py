@@ -38,6 +38,7 @@ __all__ = [
 
 TRACEPARENT = "traceparent"
 CLOUD_TRACE = "x-cloud-trace-context"
+OTEL_MODULE = "opentelemetry.trace"  # in sys.modules once the application uses OpenTelemetry
 _MAX_HEADER = 256  # both headers are well under 100 characters; longer ones are ignored
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
@@ -153,7 +154,12 @@ def current_attempt() -> Attempt | None:
 
 def _otel_loaded() -> bool:
     """Whether the application uses OpenTelemetry (never imported here otherwise)."""
-    return "opentelemetry.trace" in sys.modules
+    return OTEL_MODULE in sys.modules
+
+
+def attempt_watched(on_error: Any) -> bool:
+    """Whether an attempt without a trace still needs :func:`attempt` (a hook, OpenTelemetry)."""
+    return on_error is not None or OTEL_MODULE in sys.modules
 
 
 @contextmanager

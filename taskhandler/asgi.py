@@ -44,7 +44,7 @@ from ._decision import (
 )
 from ._request import RequestView
 from ._response import OUTCOME_HEADER, Response, plain_response
-from ._trace import Trace, attempt, publish, trace_from_headers
+from ._trace import Trace, attempt, attempt_watched, publish, trace_from_headers
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from ._watchdog import arm
 from .context import TaskContext
@@ -550,7 +550,11 @@ async def run_task(
 
     The request's trace (``traceparent``, ``X-Cloud-Trace-Context``) is current meanwhile.
     """
-    with attempt(ctx, _scope_trace(scope), settings.on_error):
+    trace = _scope_trace(scope)
+    if trace is None and not attempt_watched(settings.on_error):
+        await _run_task(app, scope, receive, send, ctx, settings)  # nothing to publish
+        return
+    with attempt(ctx, trace, settings.on_error):
         await _run_task(app, scope, receive, send, ctx, settings)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -33,7 +34,7 @@ from ._decision import (
 )
 from ._request import RequestView
 from ._response import Response, plain_response, status_line
-from ._trace import attempt, publish, trace_from_headers
+from ._trace import OTEL_MODULE, attempt, publish, trace_from_headers
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._watchdog import arm
 from .context import TaskContext, current_task
@@ -114,7 +115,7 @@ class TaskMiddleware(MiddlewareBase):
             # No task header, no rule, no page: nothing to decide.
             if outer is None:
                 environ[STATE_KEY] = self.undecided(request_info, environ)
-                if "HTTP_TRACEPARENT" in environ or "HTTP_X_CLOUD_TRACE_CONTEXT" in environ:
+                if keys.traced:
                     return _traced(self.app, environ, start_response)
             return self.app(environ, start_response)
 
@@ -143,9 +144,7 @@ class TaskMiddleware(MiddlewareBase):
 
         # Steps 5-6: a task runs under its deadline, and its outcome becomes the status.
         if decision.context is None or outer is not None:
-            if outer is None and (
-                "HTTP_TRACEPARENT" in environ or "HTTP_X_CLOUD_TRACE_CONTEXT" in environ
-            ):
+            if keys.traced and outer is None:
                 return _traced(self.app, environ, start_response)
             return self.app(environ, start_response)
         return run_task(self.app, environ, start_response, decision.context, settings)
@@ -178,6 +177,8 @@ class _Keys(NamedTuple):
     """The names removed from every request (the odd spellings)."""
     untrusted_names: tuple[str, ...]
     """The names removed from an untrusted request (the odd spellings and task headers)."""
+    traced: bool = False
+    """Whether the request has a trace header (``traceparent``, ``X-Cloud-Trace-Context``)."""
 
 
 # Forwarding header keys as PEP 3333 servers make them (the only ones ever read).
@@ -220,7 +221,8 @@ def _sort_keys(keys: tuple[str, ...]) -> _Keys:
             odd.append((key, name))  # HTTP_X-Forwarded-For, http_x_forwarded_for: never read
     odd_names = tuple(dict.fromkeys(name for _, name in odd))
     untrusted_names = tuple(dict.fromkeys(name for _, name in odd + task))
-    return _Keys(tuple(task), tuple(odd), bool(task or odd), odd_names, untrusted_names)
+    traced = "HTTP_TRACEPARENT" in keys or "HTTP_X_CLOUD_TRACE_CONTEXT" in keys
+    return _Keys(tuple(task), tuple(odd), bool(task or odd), odd_names, untrusted_names, traced)
 
 
 def _keys(environ: WSGIEnvironment) -> _Keys:
@@ -398,10 +400,16 @@ def run_task(
 
     The request's trace (``traceparent``, ``X-Cloud-Trace-Context``) is current meanwhile.
     """
-    trace = trace_from_headers(
-        environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
-    )
-    with attempt(ctx, trace, settings.on_error):
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    cloud_trace = environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
+    if (
+        traceparent is None
+        and cloud_trace is None
+        and settings.on_error is None
+        and OTEL_MODULE not in sys.modules
+    ):
+        return _run_task(app, environ, start_response, ctx, settings)  # nothing to publish
+    with attempt(ctx, trace_from_headers(traceparent, cloud_trace), settings.on_error):
         return _run_task(app, environ, start_response, ctx, settings)
 
 
