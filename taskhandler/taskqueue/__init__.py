@@ -19,6 +19,7 @@ Tasks tasks instead (the ``cloudtasks`` extra; google-cloud-tasks is imported on
 from __future__ import annotations
 
 from ._api import Queue as Queue
+from ._api import QueueStatistics as QueueStatistics
 from ._api import add as add
 from ._api import add_async as add_async
 from ._backend import LeasedTask as LeasedTask
@@ -141,6 +142,7 @@ __all__ = [
     "Queue",
     "QueueConfig",
     "QueuePausedError",
+    "QueueStatistics",
     "QueuedTask",
     "RetryParameters",
     "RetryPolicy",
