@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -151,6 +151,21 @@ class AddResult(Generic[T]):
         """Whether the add has completed (``get_result()`` will not block)."""
         future = self._future
         return future is None or future.done()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await taskqueue.add_async(...)``: what ``get_result()`` gives, without blocking.
+
+        Async code waits for a backend's add in flight (``CloudTasksBackend``) on the event
+        loop instead of a thread: other requests go on meanwhile. With the local queue the
+        add has already happened and this returns at once.
+        """
+        future = self._future
+        if future is not None and not future.done():
+            import asyncio  # only async callers pay for it
+
+            with contextlib.suppress(Exception):  # the add's error comes from get_result()
+                yield from asyncio.wrap_future(future).__await__()
+        return self.get_result()
 
 
 # -- transactions ----------------------------------------------------------------------------
