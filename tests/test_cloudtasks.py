@@ -747,9 +747,10 @@ def test_retry_setting(
 ) -> None:
     """retry=False makes one attempt; the default retry keeps trying through transient errors."""
     service.refuse = 3
-    with CloudTasksBackend(
-        PROJECT, LOCATION, client=client, clock=clock, retry=retry
-    ) as backend, taskqueue.use(backend):
+    with (
+        CloudTasksBackend(PROJECT, LOCATION, client=client, clock=clock, retry=retry) as backend,
+        taskqueue.use(backend),
+    ):
         if error is None:
             taskqueue.add(url="/t")
         else:
@@ -784,3 +785,37 @@ def test_bad_emulator_host(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
     monkeypatch.setenv(EMULATOR_ENV, host)
     with pytest.raises(ConfigError, match=EMULATOR_ENV):
         CloudTasksBackend(PROJECT, LOCATION)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "size", "accepted"),
+    [
+        pytest.param("https://w.example", 500_000, True, id="HTTP target, 500 kB"),
+        pytest.param("https://w.example", 999_000, True, id="HTTP target, just under 1 MB"),
+        pytest.param("https://w.example", 1_000_001, False, id="HTTP target, over 1 MB"),
+        pytest.param(None, 200_000, False, id="App Engine target, over 100 KiB"),
+    ],
+)
+def test_http_target_payloads_up_to_cloud_tasks_limit(
+    client: Any,
+    clock: ManualClock,
+    service: FakeCloudTasks,
+    base_url: str | None,
+    size: int,
+    accepted: bool,
+) -> None:
+    """HTTP-target tasks may carry up to Cloud Tasks' 1 MB; App Engine targets keep 100 KiB."""
+    kwargs: dict[str, Any] = {}
+    if base_url is not None:
+        kwargs = {"base_url": base_url, "service_account_email": "t@p.iam.gserviceaccount.com"}
+    backend = _backend(client, clock, **kwargs)
+    with backend, taskqueue.use(backend):
+        if accepted:
+            taskqueue.add(url="/tasks/big", payload=b"x" * size)
+            assert len(service.created[0].task.http_request.body) == size
+        else:
+            with pytest.raises(taskqueue.TaskTooLargeError):
+                taskqueue.add(url="/tasks/big", payload=b"x" * size)
+            assert service.created == []
+    with pytest.raises(taskqueue.TaskTooLargeError):  # no backend: App Engine's 100 KiB
+        taskqueue.Task(url="/tasks/big", payload=b"x" * 200_000)

@@ -174,6 +174,16 @@ def now() -> float:
     return time.time() if backend is None else backend.now()
 
 
+def max_push_task_size(default: int) -> int:
+    """The largest push task the installed backend takes (``max_task_size``), else ``default``.
+
+    App Engine's limit (100 KiB) holds unless the backend says otherwise: Cloud Tasks takes
+    HTTP-target tasks up to 1 MB (``CloudTasksBackend.max_task_size``).
+    """
+    size = getattr(_backend, "max_task_size", None)
+    return size if isinstance(size, int) and size > 0 else default
+
+
 def current_backend() -> TaskQueueBackend:
     """The backend :func:`add` uses.
 

@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from ._backend import NewTask, now
+from ._backend import NewTask, max_push_task_size, now
 from ._enqueue import AddResult, add_tasks, check_queue_name
 from ._errors import (
     InvalidDispatchDeadlineError,
@@ -307,7 +307,8 @@ class Task:
         InvalidTaskError: a bad combination (``params`` with ``payload``, ``tag`` on a push
             task, ``url``/``headers``/``target`` on a pull task, no payload for a pull task...).
         InvalidTaskNameError, InvalidUrlError, InvalidEtaError, InvalidTagError: a bad value.
-        TaskTooLargeError: over 100 KiB (push) or 1 MiB (pull).
+        TaskTooLargeError: over 100 KiB (push; up to 1 MB while a ``CloudTasksBackend`` for
+            HTTP targets is installed) or 1 MiB (pull).
         InvalidDispatchDeadlineError: ``dispatch_deadline_usec`` out of range (``TypeError``
             when it is not an integer, as on App Engine).
 
@@ -420,7 +421,11 @@ class Task:
         self._enqueued = False
         self._deleted = False
         if _size_check:
-            limit = MAX_PULL_TASK_SIZE_BYTES if method_upper == "PULL" else MAX_PUSH_TASK_SIZE_BYTES
+            limit = (
+                MAX_PULL_TASK_SIZE_BYTES
+                if method_upper == "PULL"
+                else max_push_task_size(MAX_PUSH_TASK_SIZE_BYTES)
+            )
             if self.size > limit:
                 raise TaskTooLargeError(f"Task size must be less than {limit}; found {self.size}")
             if tag is not None:
