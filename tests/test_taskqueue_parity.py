@@ -329,7 +329,6 @@ def test_constant(name: str, value: object) -> None:
 
 # App Engine's __all__ names with no taskhandler counterpart, each with its reason.
 NOT_PORTED = {
-    "QueueStatistics": "queue statistics: LocalTaskQueue.counts() and the console instead",
     "create_rpc": "App Engine's RPC objects: the *_async calls return their own result",
 }
 
