@@ -25,13 +25,14 @@ import html
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.http import dump_cookie
 
+from ._keys import MIN_KEY_BYTES, signing_keys
 from ._response import Response, plain_response
 from .exceptions import ConfigError
 from .trust import RequestInfo, User
@@ -51,7 +52,6 @@ __all__ = [
 
 LOGIN_PATH = "/_ah/login"
 LOGOUT_PATH = "/_ah/logout"
-MIN_KEY_BYTES = 32
 DEFAULT_MAX_AGE = 12 * 3600
 DEFAULT_SALT = "taskhandler.auth.SignedCookieAuth"
 
@@ -134,20 +134,6 @@ def _user_id(email: str) -> str:
     return "1" + str(int.from_bytes(digest[:8], "big")).zfill(20)
 
 
-def _as_bytes(key: object, index: int) -> bytes:
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if not isinstance(key, bytes):
-        raise ConfigError(f"secret key {index + 1} must be str or bytes, not {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
-        # Never echo the key itself into an error message or log.
-        raise ConfigError(
-            f"secret key {index + 1} is {len(key)} bytes; at least {MIN_KEY_BYTES} are required "
-            "(e.g. secrets.token_urlsafe(32))"
-        )
-    return key
-
-
 class SignedCookieAuth:
     """Users from a signed, time-limited cookie, with a development sign-in page.
 
@@ -202,14 +188,7 @@ class SignedCookieAuth:
         sign_in_page: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        keys_in: Iterable[object]
-        keys_in = [secret_key] if isinstance(secret_key, str | bytes) else secret_key
-        try:
-            keys = [_as_bytes(key, i) for i, key in enumerate(keys_in)]
-        except TypeError:
-            raise ConfigError("secret_key must be str, bytes or a list of them") from None
-        if not keys:
-            raise ConfigError("secret_key: at least one key is required")
+        keys = signing_keys(secret_key)
         if isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age >= 1:
             raise ConfigError("max_age must be a number of seconds, at least 1", value=max_age)
         if not isinstance(cookie_name, str) or not _COOKIE_NAME.fullmatch(cookie_name):

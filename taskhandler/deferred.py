@@ -42,14 +42,15 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from itsdangerous import BadSignature, Signer
 
 from ._decorator import task_handler
+from ._keys import MIN_KEY_BYTES, SecretKey, signing_keys
 from ._types import Receive, Scope, Send, StartResponse, WSGIEnvironment
 from .context import TaskContext
 from .exceptions import ConfigError, RetryTask, TaskHandlerError
@@ -94,14 +95,11 @@ log = logging.getLogger("taskhandler.deferred")
 DEFAULT_URL = "/_ah/queue/deferred"
 SECRET_KEY_ENV = "TASKHANDLER_SECRET_KEY"  # noqa: S105 - the name of a variable
 SALT = "taskhandler.deferred"
-MIN_KEY_BYTES = 32
 # What a deferred task's body may be: Cloud Tasks' HTTP task limit (push tasks stop at 100 KiB).
 MAX_PAYLOAD_BYTES = 1024 * 1024
 # A stored call may be as large as a Datastore entity was, which bounded App Engine's.
 MAX_STORED_CALL_BYTES = 1024 * 1024
 _TASK_HEADERS = {"Content-Type": "application/octet-stream"}
-
-SecretKey: TypeAlias = str | bytes | Sequence[str | bytes]
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -313,31 +311,6 @@ _signers: dict[tuple[bytes, ...], Signer] = {}
 _UNSET: Any = object()
 
 
-def _as_key(key: object, index: int) -> bytes:
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if not isinstance(key, bytes):
-        raise ConfigError(f"secret key {index + 1} must be str or bytes, not {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
-        # Never echo the key itself into an error message or log.
-        raise ConfigError(
-            f"secret key {index + 1} is {len(key)} bytes; at least {MIN_KEY_BYTES} are required "
-            "(e.g. secrets.token_urlsafe(32))"
-        )
-    return key
-
-
-def _parse_keys(secret_key: SecretKey) -> tuple[bytes, ...]:
-    keys_in: Iterable[object] = [secret_key] if isinstance(secret_key, str | bytes) else secret_key
-    try:
-        keys = tuple(_as_key(key, i) for i, key in enumerate(keys_in))
-    except TypeError:
-        raise ConfigError("secret_key must be str, bytes or a list of them") from None
-    if not keys:
-        raise ConfigError("secret_key: at least one key is required")
-    return keys
-
-
 class configure:  # used like a function, or as `with deferred.configure(...):`
     """Set the signing key(s) and the store for large calls, process-wide.
 
@@ -363,7 +336,7 @@ class configure:  # used like a function, or as `with deferred.configure(...):`
     def __init__(self, *, secret_key: SecretKey | None = _UNSET, store: Any = _UNSET) -> None:
         keys: Any = _UNSET
         if secret_key is not _UNSET:
-            keys = None if secret_key is None else _parse_keys(secret_key)
+            keys = None if secret_key is None else signing_keys(secret_key)
         if store is not _UNSET and store is not None and not isinstance(store, DeferredStore):
             raise ConfigError("store must be a DeferredStore (put, get, delete)", value=store)
         with _lock:
@@ -407,7 +380,7 @@ def _signer() -> Signer:
                 "deferred.configure(secret_key=...)"
             )
         try:
-            keys = (_as_key(env, 0),)
+            keys = signing_keys(env)
         except ConfigError as exc:
             raise ConfigError(f"{SECRET_KEY_ENV}: {exc.message}") from None
     signer = _signers.get(keys)

@@ -362,6 +362,7 @@ CORE = [
     pytest.param("taskhandler.deadline", id="deadline"),
     pytest.param("taskhandler._request", id="request view"),
     pytest.param("taskhandler._response", id="response"),
+    pytest.param("taskhandler._keys", id="signing keys"),
     pytest.param("taskhandler._decision", id="decision"),
     pytest.param("taskhandler.handler", id="handler"),
 ]
