@@ -25,6 +25,7 @@ from taskhandler import taskqueue
 from taskhandler.exceptions import ConfigError
 from taskhandler.taskqueue import LocalTaskQueue, ManualClock, QueueConfig
 from taskhandler.taskqueue._store import generated_name
+from tests.lockstep import run_in_lockstep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -300,42 +301,7 @@ def test_processes_migrating_one_file_at_once_all_succeed(tmp_path: Path) -> Non
     for r in range(rounds):
         make_v1_file(tmp_path / f"round-{r}.sqlite3")
     before = rows_of(tmp_path / "round-0.sqlite3")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATOR, str(tmp_path), str(rounds), str(worker)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for worker in range(openers)
-    ]
-    failures: list[str] = []
-    try:
-        for _ in range(rounds):
-            assert [p.stdout.readline().strip() for p in procs if p.stdout] == ["ready"] * openers
-            for p in procs:
-                assert p.stdin is not None
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            for p in procs:
-                assert p.stdout is not None
-                line = p.stdout.readline().strip()
-                if line != "ok":
-                    failures.append(line or f"opener exited with {p.wait()}")
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+    failures = run_in_lockstep(MIGRATOR, [str(tmp_path), str(rounds)], openers, rounds)
     assert failures == []
     old_ids = {row[0] for row in before}
     # The openers run on the real clock, long after NOW: the old tombstones are swept.

@@ -8,10 +8,7 @@ version 2 is refused, byte for byte unchanged.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 from taskhandler import taskqueue
 from taskhandler.exceptions import ConfigError
 from taskhandler.taskqueue import LocalTaskQueue, ManualClock, QueueConfig
+from tests.lockstep import run_in_lockstep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -243,42 +241,7 @@ def test_processes_migrating_one_file_at_once_all_succeed(tmp_path: Path) -> Non
     openers, rounds = 8, 6
     for r in range(rounds):
         make_v2_file(tmp_path / f"round-{r}.sqlite3")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATOR, str(tmp_path), str(rounds), str(worker)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for worker in range(openers)
-    ]
-    failures: list[str] = []
-    try:
-        for _ in range(rounds):
-            assert [p.stdout.readline().strip() for p in procs if p.stdout] == ["ready"] * openers
-            for p in procs:
-                assert p.stdin is not None
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            for p in procs:
-                assert p.stdout is not None
-                line = p.stdout.readline().strip()
-                if line != "ok":
-                    failures.append(line or f"opener exited with {p.wait()}")
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+    failures = run_in_lockstep(MIGRATOR, [str(tmp_path), str(rounds)], openers, rounds)
     assert failures == []
     for r in range(rounds):
         db = tmp_path / f"round-{r}.sqlite3"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from taskhandler import taskqueue
 from taskhandler.exceptions import ConfigError
 from taskhandler.taskqueue import LocalTaskQueue, ManualClock, QueueConfig, Task
+from tests.lockstep import run_in_lockstep
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = [QueueConfig("default", rate=1000, bucket_size=100)]
@@ -282,43 +282,7 @@ def test_processes_creating_one_file_at_once_all_succeed(tmp_path: Path, existin
     if existing:
         for r in range(rounds):
             (tmp_path / f"round-{r}.sqlite3").touch()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, str(tmp_path), str(rounds), str(worker)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for worker in range(openers)
-    ]
-    failures: list[str] = []
-    try:
-        for _ in range(rounds):
-            # A barrier: every opener is ready before any is told to go.
-            assert [p.stdout.readline().strip() for p in procs if p.stdout] == ["ready"] * openers
-            for p in procs:
-                assert p.stdin is not None
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            for p in procs:
-                assert p.stdout is not None
-                line = p.stdout.readline().strip()
-                if line != "ok":
-                    failures.append(line or f"opener exited with {p.wait()}")
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+    failures = run_in_lockstep(OPENER, [str(tmp_path), str(rounds)], openers, rounds)
     assert failures == []
     for r in range(rounds):
         with LocalTaskQueue(lambda e, s: [], db=tmp_path / f"round-{r}.sqlite3") as q:
