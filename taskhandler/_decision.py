@@ -34,6 +34,7 @@ __all__ = [
     "RequestState",
     "Settings",
     "decide",
+    "decide_layer",
     "decide_nested",
     "make_settings",
     "refusal_response",
@@ -211,6 +212,19 @@ def decide_nested(
     """
     refusal = access_refusal(view, settings, is_task=outer.context is not None, user=user)
     return Decision(outer.trusted_by, False, refusal, outer.context)
+
+
+def decide_layer(
+    view: RequestView, settings: Settings, user: UserOf, outer: RequestState | None
+) -> tuple[Decision, UserOf]:
+    """:func:`decide` for the outermost ``TaskMiddleware``, :func:`decide_nested` for one
+    inside another (``outer`` is the state the enclosing one left); with the user this
+    layer judges and hands on (the outer one's when this layer has no authenticator)."""
+    if outer is None:
+        return decide(view, settings, user), user
+    if settings.authenticator is None:
+        user = outer.user
+    return decide_nested(view, settings, outer, user), user
 
 
 def who_is_asking(view: RequestView, settings: Settings, user: UserOf) -> TrustedBy | None:

@@ -24,12 +24,10 @@ from werkzeug.http import parse_cookie
 
 from ._decision import (
     AUTH_PAGE_PREFIX,
-    Decision,
     MiddlewareBase,
     RequestState,
     Settings,
-    decide,
-    decide_nested,
+    decide_layer,
     refusal_response,
 )
 from ._request import RequestView
@@ -128,16 +126,13 @@ class TaskMiddleware(MiddlewareBase):
             if page is not None:
                 return respond(start_response, page)
 
-        # Steps 1-4: who is asking, which headers go, the access rules, the task.
-        decision: Decision
-        if isinstance(outer, RequestState):  # an outer TaskMiddleware decided trust already
-            if settings.authenticator is None:
-                user = outer.user
-            decision = decide_nested(view, settings, outer, user)
-            stripped = outer.stripped
-        else:
-            decision = decide(view, settings, user)
-            stripped = remove_headers(environ, keys, decision.strip)
+        # Steps 1-4: who is asking, which headers go, the access rules, the task. Inside
+        # another TaskMiddleware, trust and stripping were decided there already.
+        nested = outer if isinstance(outer, RequestState) else None
+        decision, user = decide_layer(view, settings, user, nested)
+        stripped = (
+            nested.stripped if nested is not None else remove_headers(environ, keys, decision.strip)
+        )
         environ[STATE_KEY] = RequestState(settings, decision, user, stripped)
         if decision.refusal is not None:
             return respond(start_response, refusal_response(decision.refusal))

@@ -34,8 +34,7 @@ from .._decision import (
     RequestState,
     Settings,
     UserOf,
-    decide,
-    decide_nested,
+    decide_layer,
     no_user,
     refusal_response,
 )
@@ -145,14 +144,9 @@ class TaskMiddleware:
                 return RequestState(settings, NOTHING_DECIDED, user), page
         outer = _find_outer(request)
         setattr(request, _OUTER_ATTR, outer)
-        if outer is not None:  # a TaskMiddleware around Django decided trust already
-            if settings.authenticator is None:
-                user = outer.user
-            decision = decide_nested(view, settings, outer, user)
-            stripped = outer.stripped
-        else:
-            decision = decide(view, settings, user)
-            stripped = remove_headers(request, decision.strip)
+        # Inside another TaskMiddleware, trust and stripping were decided there already.
+        decision, user = decide_layer(view, settings, user, outer)
+        stripped = outer.stripped if outer is not None else remove_headers(request, decision.strip)
         state = RequestState(settings, decision, user, stripped)
         request.META[STATE_KEY] = state
         request.task = decision.context
