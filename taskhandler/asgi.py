@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from werkzeug.http import parse_cookie
-
 from ._async_deadline import AsyncArmed, arm_async
 from ._decision import (
     AUTH_PAGE_PREFIX,
@@ -45,6 +43,7 @@ from ._response import OUTCOME_HEADER, Response, plain_response
 from ._trace import Trace, attempt, attempt_watched, publish, trace_from_headers
 from ._types import ASGIApplication, Message, Receive, Scope, Send
 from ._watchdog import arm
+from .auth import cookies_of
 from .context import TaskContext
 from .context import _current as _current_task
 from .exceptions import PermanentTaskFailure
@@ -339,17 +338,9 @@ def request_info(scope: Scope) -> RequestInfo:
         path=path or "/",
         query_string=_text(scope.get("query_string", b"")),
         headers=headers,
-        cookies=_cookies(headers.get("cookie", "")),
+        cookies=cookies_of(headers.get("cookie", "")),
         client=client[0] if client else None,
     )
-
-
-def _cookies(header: str) -> dict[str, str]:
-    """The request's cookies; a ``Cookie`` header that is not UTF-8 counts as none."""
-    try:
-        return dict(parse_cookie(header))
-    except UnicodeError:
-        return {}
 
 
 class _Headers(Mapping[str, str]):

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
-from werkzeug.http import dump_cookie
+from werkzeug.http import dump_cookie, parse_cookie
 
 from ._keys import MIN_KEY_BYTES, signing_keys
 from ._response import Response, plain_response
@@ -45,6 +45,7 @@ __all__ = [
     "AppEngineUserAuth",
     "Page",
     "SignedCookieAuth",
+    "cookies_of",
     "is_localhost",
     "safe_redirect_target",
     "same_origin",
@@ -126,6 +127,17 @@ def safe_redirect_target(value: str | None, host: str) -> str:
     if parts.scheme or parts.netloc:  # pragma: no cover - excluded by the checks above
         return "/"
     return value
+
+
+def cookies_of(header: str) -> dict[str, str]:
+    """A request's cookies from its ``Cookie`` header; one that is not UTF-8 counts as none.
+
+    The adapters build :class:`~taskhandler.trust.RequestInfo` with it, WSGI and ASGI alike.
+    """
+    try:
+        return dict(parse_cookie(header))
+    except UnicodeError:
+        return {}
 
 
 def _user_id(email: str) -> str:

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from werkzeug.datastructures import EnvironHeaders
-from werkzeug.http import parse_cookie
 
 from ._decision import (
     AUTH_PAGE_PREFIX,
@@ -35,6 +34,7 @@ from ._response import Response, plain_response, status_line
 from ._trace import OTEL_MODULE, attempt, publish, trace_from_headers
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._watchdog import arm
+from .auth import cookies_of
 from .context import TaskContext, current_task
 from .context import _current as _current_task
 from .exceptions import PermanentTaskFailure
@@ -277,17 +277,9 @@ def request_info(environ: WSGIEnvironment) -> RequestInfo:
         path=path or "/",
         query_string=environ.get("QUERY_STRING", ""),
         headers=headers,
-        cookies=_cookies(environ.get("HTTP_COOKIE", "")),
+        cookies=cookies_of(environ.get("HTTP_COOKIE", "")),
         client=environ.get("REMOTE_ADDR"),
     )
-
-
-def _cookies(header: str) -> dict[str, str]:
-    """The request's cookies; a ``Cookie`` header that is not UTF-8 counts as none."""
-    try:
-        return dict(parse_cookie(header))
-    except UnicodeError:
-        return {}
 
 
 class _Headers(Mapping[str, str]):
