@@ -25,6 +25,7 @@ import contextvars
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .._types import ASGIApplication, Message, Receive, Scope, Send, StartResponse, WSGIApplication
+from ..asgi import _read_all, _replay
 
 logger = logging.getLogger("taskhandler.devserver")
 
@@ -571,22 +573,9 @@ class AsgiRecorder(Recorder):
         if "x-appengine-taskname" not in headers:
             await app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        body = await _read_all(receive, sys.maxsize)  # the local queue's own request
+        assert body is not None
+        replay = _replay(body, receive)
         status: list[int] = []
 
         async def recording(message: Message) -> None:
