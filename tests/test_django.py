@@ -28,6 +28,7 @@ from taskhandler import (
     current_task,
     task_handler,
 )
+from taskhandler._trace import current_trace, outgoing_traceparent
 from taskhandler._watchdog import INTERRUPTS_SUPPORTED
 from tests.conformance.django_adapter import URLConf, call_django_asgi, configure
 from tests.conformance.harness import ASGIAdapter, Request, WSGIAdapter
@@ -180,6 +181,24 @@ def raises_view(request: Any) -> Any:
     raise ValueError("boom")
 
 
+def traced(request: Any) -> Any:
+    """What a view sees of the request's trace, and what a task it added would carry."""
+    trace = current_trace()
+    return JsonResponse(
+        {"trace_id": trace.trace_id if trace else None, "outgoing": outgoing_traceparent()}
+    )
+
+
+async def atraced(request: Any) -> Any:
+    await asyncio.sleep(0)
+    return traced(request)
+
+
+def reported(task: TaskContext, exc: BaseException, final: bool) -> None:
+    """An ``on_error`` hook (``TASKHANDLER["ON_ERROR"]``): what an error reporter is told."""
+    ran.append(("reported", task.task_name, type(exc).__name__, final))
+
+
 urls = URLConf(echo)
 urls.urlpatterns = [
     path("tasks/echo", echo),
@@ -195,6 +214,10 @@ urls.urlpatterns = [
     path("tasks/sleepy", sleepy_view),
     path("tasks/busy-handler", busy_handler),
     path("tasks/raises", raises_view),
+    path("tasks/traced", traced),
+    path("tasks/atraced", atraced),
+    path("plain/traced", traced),
+    path("plain/atraced", atraced),
     path("admin-only/echo", echo),
     path("signed-in/echo", echo),
     path("plain/echo", echo),
@@ -262,6 +285,8 @@ INTERRUPTS = pytest.mark.skipif(
         pytest.param({"APP_YAML": "a.yaml", "WEB_XML": "web.xml"}, "one of", id="two configs"),
         pytest.param({"CONFIG": {"rules": []}}, "AppConfig", id="config not an AppConfig"),
         pytest.param([("TRUST", "strict")], "must be a dict", id="not a dict"),
+        pytest.param({"ON_ERROR": 42}, "ON_ERROR", id="error hook not callable"),
+        pytest.param({"ON_ERROR": "no.such.module.hook"}, "cannot import", id="bad hook path"),
     ],
 )
 def test_bad_settings_fail_at_construction(setting: Any, message: str) -> None:
@@ -596,6 +621,50 @@ def test_outcomes_of_django_views(kind: str, req: Request, status: int, outcome:
         got, headers, body = call(kind, req)
     assert (got, headers["x-task-outcome"]) == (status, outcome)
     assert b"Traceback" not in body
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = ("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01")
+CLOUD_TRACE = ("X-Cloud-Trace-Context", f"{TRACE_ID}/123;o=1")
+
+
+@KINDS
+@pytest.mark.parametrize(
+    "route", ["/tasks/traced", "/tasks/atraced", "/plain/traced", "/plain/atraced"]
+)
+@pytest.mark.parametrize("header", [TRACEPARENT, CLOUD_TRACE], ids=["traceparent", "cloud"])
+def test_views_see_the_requests_trace(kind: str, route: str, header: tuple[str, str]) -> None:
+    """Task and plain requests alike: the view's logs and added tasks carry the trace (SPEC §16)."""
+    if route.startswith("/tasks/"):
+        req = Request(path=route, headers=[*TASK, header], peer=QUEUE)
+    else:
+        req = Request(method="GET", path=route, headers=[header], peer=STRANGER)
+    with project(AUTHENTICATOR=None):
+        status, _, body = call(kind, req)
+    seen = json.loads(body)
+    assert status == 200
+    assert seen["trace_id"] == TRACE_ID
+    assert seen["outgoing"].split("-")[1] == TRACE_ID
+
+
+@KINDS
+def test_no_trace_is_made_up(kind: str) -> None:
+    """Without a trace header a task request publishes no trace."""
+    with project(AUTHENTICATOR=None):
+        _, _, body = call(kind, Request(path="/tasks/traced", headers=TASK, peer=QUEUE))
+    assert json.loads(body) == {"trace_id": None, "outgoing": None}
+
+
+@KINDS
+@pytest.mark.parametrize("hook", [reported, "tests.test_django.reported"], ids=["callable", "path"])
+@pytest.mark.parametrize("fail_fast", [False, True], ids=["retried", "fail fast"])
+def test_on_error_setting_tells_the_error_reporter(kind: str, hook: Any, fail_fast: bool) -> None:
+    """``TASKHANDLER["ON_ERROR"]`` is told of a view's exception, final for a fail-fast task."""
+    headers = [*TASK, ("X-AppEngine-FailFast", "1")] if fail_fast else TASK
+    with project(AUTHENTICATOR=None, ON_ERROR=hook):
+        status, got, _ = call(kind, Request(path="/tasks/raises", headers=headers, peer=QUEUE))
+    assert (status, got["x-task-outcome"]) == (500, "retry")
+    assert ("reported", "task-1", "ValueError", fail_fast) in ran
 
 
 # -- deadlines ----------------------------------------------------------------------------

@@ -119,3 +119,47 @@ def test_a_failed_attempt_span_has_its_outcome(
     assert span.attributes["http.response.status_code"] == status
     assert (span.status.status_code is trace.StatusCode.ERROR) is error
     assert span.parent is None  # added outside any request: a root span
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["success", "view raises"])
+def test_a_django_attempt_is_a_span_under_the_requests_trace(
+    spans: InMemorySpanExporter, raises: bool
+) -> None:
+    """The Django middleware opens the attempt's span too, a child of the request's traceparent."""
+    from werkzeug.test import EnvironBuilder
+
+    from tests.conformance.django_adapter import configure
+
+    configure()
+    from django.core.handlers.wsgi import WSGIRequest
+    from django.http import HttpResponse
+
+    from taskhandler.django import TaskMiddleware
+    from taskhandler.django._settings import settings_from_mapping
+
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    def view(request: Any) -> Any:
+        if raises:
+            raise ValueError("boom")
+        return HttpResponse("ok")
+
+    middleware = TaskMiddleware(view, settings=settings_from_mapping({"AUTHENTICATOR": None}))
+    environ = EnvironBuilder(
+        path="/tasks/x",
+        method="POST",
+        headers={
+            "X-AppEngine-QueueName": "default",
+            "X-AppEngine-TaskName": "django-1",
+            "traceparent": f"00-{trace_id}-{parent_id}-01",
+        },
+        environ_base={"REMOTE_ADDR": "0.1.0.2"},
+    ).get_environ()
+    response = middleware(WSGIRequest(environ))
+    [span] = task_spans(spans)
+    assert span.parent is not None
+    assert (span.context.trace_id, span.parent.span_id) == (int(trace_id, 16), int(parent_id, 16))
+    assert span.attributes is not None
+    assert span.attributes["taskhandler.outcome"] == response["X-Task-Outcome"]
+    assert span.attributes["http.response.status_code"] == response.status_code
+    assert response.status_code == (500 if raises else 200)

@@ -40,6 +40,7 @@ from .._decision import (
 )
 from .._request import RequestView
 from .._response import OUTCOME_HEADER, Response
+from .._trace import Trace, attempt, attempt_watched, publish, trace_from_headers
 from .._watchdog import Armed, arm
 from ..context import TaskContext
 from ..context import _current as _current_task
@@ -65,6 +66,7 @@ __all__ = [
     "run_task",
     "run_task_async",
     "state_of",
+    "trace_of",
 ]
 
 STATE_KEY = "taskhandler.state"
@@ -110,8 +112,11 @@ class TaskMiddleware:
         if answer is not None:
             return answer
         ctx = state.context
-        if ctx is None or _outer_state(request) is not None:
+        if _outer_state(request) is not None:  # the enclosing middleware runs the task
             return self.get_response(request)
+        if ctx is None:
+            with publish(trace_of(request)):
+                return self.get_response(request)
         return run_task(self.get_response, request, ctx, self.settings)
 
     async def __acall__(self, request: Any) -> Any:
@@ -126,8 +131,11 @@ class TaskMiddleware:
         if answer is not None:
             return answer
         ctx = state.context
-        if ctx is None or _outer_state(request) is not None:
+        if _outer_state(request) is not None:  # the enclosing middleware runs the task
             return await self.get_response(request)
+        if ctx is None:
+            with publish(trace_of(request)):
+                return await self.get_response(request)
         return await run_task_async(self.get_response, request, ctx, self.settings)
 
     # -- steps 1-4 -------------------------------------------------------------------------
@@ -479,14 +487,32 @@ def _is_django_answer(exc: BaseException) -> bool:
 # -- steps 5 and 6: the task runs --------------------------------------------------------
 
 
+def trace_of(request: Any) -> Trace | None:
+    """The trace the request's headers name (``traceparent``, ``X-Cloud-Trace-Context``)."""
+    meta = request.META
+    return trace_from_headers(meta.get("HTTP_TRACEPARENT"), meta.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
+
+
 def run_task(
     get_response: Callable[[Any], Any], request: Any, ctx: TaskContext, settings: Settings
 ) -> Any:
     """Run the rest of the request as a task: current task, deadline, outcome, one record.
 
     The deadline is the watchdog's (the error is raised in this thread, where a sync view
-    runs). A streaming response is read while the deadline is armed.
+    runs). A streaming response is read while the deadline is armed. The request's trace is
+    current meanwhile, and ``settings.on_error`` is told of an exception.
     """
+    trace = trace_of(request)
+    if trace is None and not attempt_watched(settings.on_error):
+        return _run_task(get_response, request, ctx, settings)  # nothing to publish
+    with attempt(ctx, trace, settings.on_error):
+        return _run_task(get_response, request, ctx, settings)
+
+
+def _run_task(
+    get_response: Callable[[Any], Any], request: Any, ctx: TaskContext, settings: Settings
+) -> Any:
+    """:func:`run_task` under the request's trace."""
     override = request.META.get(DEADLINE_KEY)
     deadline, grace = override if override else (settings.deadline, settings.grace)
     token = _current_task.set(ctx)
@@ -523,6 +549,17 @@ async def run_task_async(
     Django runs in a worker thread gets a thread deadline ending with this one as well
     (``@task_handler`` views arm it themselves; see :func:`thread_deadline`).
     """
+    trace = trace_of(request)
+    if trace is None and not attempt_watched(settings.on_error):
+        return await _run_task_async(get_response, request, ctx, settings)
+    with attempt(ctx, trace, settings.on_error):
+        return await _run_task_async(get_response, request, ctx, settings)
+
+
+async def _run_task_async(
+    get_response: Callable[[Any], Any], request: Any, ctx: TaskContext, settings: Settings
+) -> Any:
+    """:func:`run_task_async` under the request's trace."""
     armed = arm_async(settings.deadline, settings.grace)
     ctx._attach_deadline(armed)
     token = _current_task.set(ctx)

@@ -31,7 +31,9 @@ from ..trust import RequestInfo, TrustPolicy, User
 __all__ = ["SETTING", "SessionAuth", "settings_from_django", "settings_from_mapping"]
 
 SETTING = "TASKHANDLER"
-_KEYS = frozenset(("TRUST", "APP_YAML", "WEB_XML", "CONFIG", "DEADLINE", "GRACE", "AUTHENTICATOR"))
+_KEYS = frozenset(
+    ("TRUST", "APP_YAML", "WEB_XML", "CONFIG", "DEADLINE", "GRACE", "AUTHENTICATOR", "ON_ERROR")
+)
 # Where a `login:` rule's redirect points while the middleware works it out: replaced by
 # Django's LOGIN_URL (resolved when a redirect is made, as it may be a URL name) and `next=`.
 LOGIN_MARK = "/_taskhandler/django-login"
@@ -93,6 +95,7 @@ def settings_from_mapping(options: Mapping[str, Any]) -> Settings:
         _authenticator(options.get("AUTHENTICATOR", "session")),
         _number("DEADLINE", options.get("DEADLINE")),
         _number("GRACE", options.get("GRACE")),
+        _callable("ON_ERROR", options.get("ON_ERROR"), "(task, exc, final) -> None"),
     )
 
 
@@ -142,6 +145,13 @@ def _authenticator(value: Any) -> Any:
         return SessionAuth()
     if value is None or value is False:
         return None
+    return _callable("AUTHENTICATOR", value, "RequestInfo -> User | None", instantiate=True)
+
+
+def _callable(key: str, value: Any, signature: str, *, instantiate: bool = False) -> Any:
+    """A callable setting given as itself or its dotted path (a class is made when asked)."""
+    if value is None:
+        return None
     if isinstance(value, str):
         from django.utils.module_loading import import_string
 
@@ -149,14 +159,13 @@ def _authenticator(value: Any) -> Any:
             value = import_string(value)
         except ImportError as exc:
             raise ConfigError(
-                f"settings.{SETTING}['AUTHENTICATOR']: cannot import ({exc})", value=value
+                f"settings.{SETTING}[{key!r}]: cannot import ({exc})", value=value
             ) from None
-        if isinstance(value, type):
+        if instantiate and isinstance(value, type):
             value = value()
     if not callable(value):
         raise ConfigError(
-            f"settings.{SETTING}['AUTHENTICATOR'] must be 'session', None, a callable "
-            "RequestInfo -> User | None or its dotted path",
+            f"settings.{SETTING}[{key!r}] must be a callable {signature} or its dotted path",
             value=value,
         )
     return value
