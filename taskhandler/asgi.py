@@ -546,6 +546,8 @@ async def run_task(
 
 def _scope_trace(scope: Scope) -> Trace | None:
     """The trace the request's headers name, or ``None``."""
+    if _TRACE_NAMES.isdisjoint(_names(scope).present):
+        return None  # the usual case, told by the names sorted once per set of names
     traceparent = cloud = None
     for name, value in scope["headers"]:
         lowered = bytes(name).lower()
