@@ -2,7 +2,8 @@
 
 Every case is a raw HTTP/1.1 request from **127.0.0.2** (the stranger; the queue's stand-in
 is 127.0.0.3, proxies reach the servers from 127.0.0.1) to a real server running one of the
-apps in ``apps/`` (Flask / Starlette / FastAPI behind ``TaskMiddleware``, rules
+apps in ``apps/`` (Flask / Starlette / FastAPI behind ``TaskMiddleware``, Django behind
+``taskhandler.django.TaskMiddleware``, rules
 ``/admin/.*`` and ``/tasks/.*`` ``login: admin``, ``/secure/.*`` ``secure: always``,
 ``SignedCookieAuth``). Each view appends a JSON line to its server's record file when it
 runs; that record, not the status code, is every test's verdict.
@@ -14,6 +15,9 @@ The matrix (``launch.py`` starts it once per session, in parallel; ~30 s on two 
   httptools, gunicorn with ``UvicornWorker``, hypercorn, daphne, granian (ASGI) -- each
   under strict trust and under ``trusted_proxies=["127.0.0.1"]`` (``+proxied``); plus
   uvicorn ``--no-proxy-headers`` (the advised setup behind a proxy);
+- the Django app (``settings.TASKHANDLER``, Django's own WSGI and ASGI handlers) under
+  gunicorn gthread, waitress, cheroot, uvicorn, hypercorn, daphne and granian, strict and
+  ``+proxied``, in every table the plain app is in;
 - app variants: nested middlewares (gunicorn, uvicorn), werkzeug ``ProxyFix(x_prefix=1)``
   outside and inside the middleware, ``FastAPI(root_path="/api")``, hypercorn's
   ``ProxyFixMiddleware`` (legacy and modern) and granian's proxy-headers wrapper;

@@ -49,9 +49,17 @@ TIMEOUT = 10.0  # a safety net for a server that never answers, not a measure of
 
 DEFAULTS = tuple(name for name in SERVERS if name != "uvicorn-noproxy")
 """Every server under its default settings."""
-MAIN = tuple(Backend(name) for name in DEFAULTS)
-"""Every server with the plain app, default (strict) trust: the queue is 0.1.0.2 and 127.0.0.3."""
-PROXIED = tuple(Backend(name, trust="proxied") for name in DEFAULTS)
+DJANGO_SERVERS = (
+    "gunicorn-gthread", "waitress", "cheroot", "uvicorn-h11", "hypercorn", "daphne", "granian",
+)  # fmt: skip
+"""The servers the Django app runs under: WSGI ones (cheroot folds ``_`` into ``-``), ASGI ones."""
+MAIN = (
+    *(Backend(name) for name in DEFAULTS),
+    *(Backend(name, "django") for name in DJANGO_SERVERS),
+)
+"""Every server with the plain app (Flask, Starlette), and the Django app under several: default
+(strict) trust, the queue is 0.1.0.2 and 127.0.0.3."""
+PROXIED = tuple(Backend(b.server, b.app, trust="proxied") for b in MAIN)
 """The same with ``trusted_proxies=["127.0.0.1"]``."""
 CONFIGURED = (Backend("uvicorn-noproxy", trust="proxied"),)
 """uvicorn as the docs advise behind a proxy with ``trusted_proxies``: ``--no-proxy-headers``."""

@@ -179,14 +179,16 @@ class Backend:
     def target(self) -> str:
         if self.app == "fastapi":
             return f"{APPS}.fastapi_app:app"
+        if self.app == "django":  # Django's own handler of the server's protocol
+            return f"{APPS}.django_app:{SERVERS[self.server].protocol}"
         module = "wsgi_app" if SERVERS[self.server].protocol == "wsgi" else "asgi_app"
         return f"{APPS}.{module}:{self.app}"
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or ``None``."""
-        needs = SERVERS[self.server].needs
-        if importlib.util.find_spec(needs) is None:
-            return f"{needs} is not installed"
+        for needs in (SERVERS[self.server].needs, *(("django",) if self.app == "django" else ())):
+            if importlib.util.find_spec(needs) is None:
+                return f"{needs} is not installed"
         return None
 
 

@@ -1,1 +1,1 @@
-"""The small apps the security suite serves: Flask (WSGI), Starlette and FastAPI (ASGI)."""
+"""The small apps the security suite serves: Flask (WSGI), Starlette and FastAPI (ASGI), Django (both)."""
