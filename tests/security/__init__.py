@@ -38,6 +38,8 @@ The attacks, each a table of spellings x servers x proxies (ids ``server-proxy-s
 5. ``test_nested``: an outer middleware without config around the one holding the rules;
 6. ``test_peer_strings``: peer strings that are not exactly an address (in process);
 7. ``test_quadratic``: 20,000 repeated header lines while other requests must be answered;
+8. ``test_platform_proto``: ``platform_sets_proto=True`` behind a front end that sets
+   ``X-Forwarded-Proto`` (Caddy): a stranger's scheme headers never open ``secure: always``;
 
 plus ``test_paths`` (spellings of protected paths) and ``test_controls`` (the queue and a
 signed-in admin do get through everywhere, so nothing above passes vacuously).

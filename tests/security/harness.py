@@ -31,9 +31,11 @@ __all__ = [
     "ADMIN_COOKIE",
     "CONFIGURED",
     "MAIN",
+    "PLATFORM",
     "PROXIED",
     "PROXIES",
     "QUEUE_CLIENT",
+    "SETS_PROTO",
     "STRANGER",
     "Answer",
     "Record",
@@ -81,10 +83,19 @@ SERVER_PROXY_MODES = (
     Backend("hypercorn", "hypercorn_modern"),
     Backend("granian", "granian_proxy"),
 )
-ALL = (*MAIN, *PROXIED, *CONFIGURED, *NESTED, *PREFIXED, *SERVER_PROXY_MODES)
+PLATFORM = (
+    Backend("gunicorn-gthread", trust="platform"),
+    Backend("uvicorn-h11", trust="platform"),
+    Backend("gunicorn-gthread", "django", trust="platform"),
+)
+"""``platform_sets_proto=True``: the scheme is the front end's ``X-Forwarded-Proto``."""
+ALL = (*MAIN, *PROXIED, *CONFIGURED, *NESTED, *PREFIXED, *SERVER_PROXY_MODES, *PLATFORM)
 
 # Proxies that set X-Forwarded-For from the real peer (so trusting them is meaningful).
 SETS_XFF = ("nginx-xff", "caddy", "haproxy")
+# Proxies that set X-Forwarded-Proto themselves, over any client's value, as a platform's
+# front end does (Cloud Run's, a Google Cloud load balancer).
+SETS_PROTO = ("caddy",)
 
 
 def cases(

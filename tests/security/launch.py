@@ -163,7 +163,8 @@ class Backend:
     """One server process: a server, an app variant, a trust policy.
 
     ``id`` reads ``server`` for the plain app under strict trust, ``server+proxied`` for
-    ``trusted_proxies=["127.0.0.1"]``, and ``server:variant`` for another app variant.
+    ``trusted_proxies=["127.0.0.1"]``, ``server+platform`` for ``platform_sets_proto=True``,
+    and ``server:variant`` for another app variant.
     """
 
     server: str
@@ -173,7 +174,7 @@ class Backend:
     @property
     def id(self) -> str:
         name = self.server if self.app == "app" else f"{self.server}:{self.app}"
-        return name if self.trust == "strict" else f"{name}+proxied"
+        return name if self.trust == "strict" else f"{name}+{self.trust}"
 
     @property
     def target(self) -> str:

@@ -5,8 +5,9 @@ Each server process gets, from its environment:
 - ``SECURITY_RECORD``: the file every view appends one JSON line to when it runs (the
   verdict of every test is that file, never a status code);
 - ``SECURITY_TRUST``: ``strict`` (default ``TrustPolicy``, the queue at ``0.1.0.2`` and at
-  the suite's queue-client address) or ``proxied`` (the same, plus
-  ``trusted_proxies=["127.0.0.1"]``, the proxies in front).
+  the suite's queue-client address), ``proxied`` (the same, plus
+  ``trusted_proxies=["127.0.0.1"]``, the proxies in front) or ``platform`` (the same as
+  strict, plus ``platform_sets_proto=True``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def trust_from_env() -> TrustPolicy:
         return TrustPolicy(queue_sources=sources)
     if mode == "proxied":
         return TrustPolicy(queue_sources=sources, trusted_proxies=[PROXY])
-    raise ValueError(f"SECURITY_TRUST must be strict or proxied, not {mode!r}")
+    if mode == "platform":  # behind a front end that sets X-Forwarded-Proto (Cloud Run's)
+        return TrustPolicy(queue_sources=sources, platform_sets_proto=True)
+    raise ValueError(f"SECURITY_TRUST must be strict, proxied or platform, not {mode!r}")
 
 
 def record(view: str, headers: Mapping[str, str], **facts: Any) -> dict[str, Any]:
