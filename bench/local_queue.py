@@ -32,27 +32,7 @@ and ``gcloud-tasks-emulator`` (the ``cloudtasks`` extra plus the emulator packag
 task. A plain keep-alive HTTP client posting the same requests to the app is the baseline. The
 run is repeated with ``bench/e2e_app.py``, which counts in memory.
 
-Figures (2 CPUs, Linux, Python 3.11, SQLite files in a temp dir on ext4, huey 3.5.4; the machine
-shared with other jobs -- load average 6-8 during this run, so absolute rates are about half of a
-quiet machine's and the spreads are wide; ``python bench/local_queue.py --rounds 5``, schema
-version 2)::
-
-    metric                            LocalTaskQueue   SqliteHuey   ratio     spread  target
-    (a) add(), 1 task per call        14,480 tasks/s 13,056 tasks/s  1.03x  0.48-1.17  met?
-    (b) enqueue -> ran, 1 worker            0.178 ms     1.196 ms   6.70x  6.42-7.16  met
-    (b) enqueue -> ran, 4 workers           0.469 ms     0.510 ms   1.04x  1.00-2.17  met
-    (c) drain, 1 worker               19,586 tasks/s  8,761 tasks/s  2.24x  0.71-2.84  met
-    (c) drain, 4 workers              24,296 tasks/s 11,737 tasks/s  2.06x  1.31-2.68  met
-    (d) add(), 100 tasks per call     44,535 tasks/s 16,688 tasks/s  3.09x  2.48-3.56  -
-
-(a) is not reliably met: other runs of (a) alone, 7 rounds, gave 0.89x (0.81-0.95, quieter
-machine) and 0.84x (0.77-1.38, loaded). Schema version 2 keeps only named tasks in the name
-index (unnamed tasks' generated names are unique by construction), so an unnamed task's row goes
-into two B-trees, as Huey's does; that took (a) from 0.74x to about 0.9x. What is left is in the
-INSERT itself: measured alone at the SQL level (same file settings, autocommit), the local
-queue's row costs about 15.5 us against Huey's 13.5 us, and the difference did not move with the
-due-task index's columns, a partial due-task index, the row's size, the ``ON CONFLICT`` clause or
-the WAL checkpoint interval. The Python side of one add() is about 12 us against Huey's 14 us.
+Figures: ``bench/README.md`` (measured on a quiet machine and under load; (a) is not met).
 """
 
 from __future__ import annotations
