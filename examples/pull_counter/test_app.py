@@ -9,19 +9,24 @@ queue file: the page adds tagged pull tasks, the worker counts them by tag and d
 # ruff: noqa: PT009
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import unittest
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import webtest
 
 from examples.pull_counter import main
 from examples.webapp2_style import ndb_sqlite
-from taskhandler import TaskMiddleware, load_app_yaml, taskqueue
+from taskhandler import SignedCookieAuth, TaskMiddleware, load_app_yaml, taskqueue
 from taskhandler.taskqueue import LocalTaskQueue, load_queue_yaml
 from taskhandler.testing import testbed
+from tests.servers import ROOT, free_port, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,3 +114,51 @@ def test_only_the_queue_and_admins_run_the_worker(
     app.post("/", {"key": "a"})
     app.get("/_ah/start", headers=headers, extra_environ=environ, status=status)
     assert len(q.tasks("pullq")) == (0 if status == 200 else 1)
+
+
+@pytest.mark.slow
+def test_taskhandler_serve_runs_the_sample(tmp_path: Path) -> None:
+    """`taskhandler serve` with the sample's app.yaml: clicks add pull tasks to the queue file,
+    the worker is the administrators', and it counts the tasks by tag."""
+    secret = "pull-counter-example-secret-0123456789"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "TASKHANDLER_SECRET_KEY": secret,
+        "EXAMPLE_DB": str(tmp_path / "counters.sqlite3"),
+    }
+    command = [
+        sys.executable, "-m", "taskhandler.cli", "serve",  # the app: app.yaml's entrypoint
+        "--app-yaml", str(HERE / "app.yaml"),  # queue.yaml: the one beside it
+        "--port", str(port), "--db", str(tmp_path / "queue.sqlite3"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    admin = {
+        "taskhandler_signin": SignedCookieAuth(secret).cookie_value("admin@example.com", admin=True)
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, proc)
+        with (
+            httpx.Client(base_url=base_url, timeout=10) as client,
+            httpx.Client(base_url=base_url, timeout=10, cookies=admin) as signed_in,
+        ):
+            for key in ("a", "b", "a"):
+                assert client.post("/", data={"key": key}).status_code == 302
+            refused = client.get("/_ah/start")
+            assert refused.status_code == 302
+            assert refused.headers["location"].startswith("/_ah/login")
+            assert client.get("/count", params={"key": "a"}).text == "0"
+            worker = signed_in.get("/_ah/start")
+            assert (worker.status_code, worker.text) == (200, "done")
+            counts = [client.get("/count", params={"key": k}).text for k in ("a", "b")]
+            assert counts == ["2", "1"]
+        with LocalTaskQueue(
+            main.app, db=tmp_path / "queue.sqlite3", queues=load_queue_yaml(HERE / "queue.yaml")
+        ) as q:
+            assert q.tasks("pullq") == []  # leased, counted and deleted
+    finally:
+        stop(proc)
