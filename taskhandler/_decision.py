@@ -219,12 +219,28 @@ def decide_layer(
 ) -> tuple[Decision, UserOf]:
     """:func:`decide` for the outermost ``TaskMiddleware``, :func:`decide_nested` for one
     inside another (``outer`` is the state the enclosing one left); with the user this
-    layer judges and hands on (the outer one's when this layer has no authenticator)."""
+    layer judges and hands on.
+
+    That is the outer layer's user when this layer has no authenticator. Inside the
+    development server (an outer layer under development trust) it is this layer's user,
+    else the one signed in on the development server's page: a developer signs in once, as
+    on App Engine's development server, and not again with the app's own sign-in (Django's
+    session). Development trust already lets any request act as a task, so this opens
+    nothing that was shut.
+    """
     if outer is None:
         return decide(view, settings, user), user
     if settings.authenticator is None:
         user = outer.user
+    elif outer.settings.trust.mode == "development":
+        user = functools.partial(_first_signed_in, user, outer.user)
     return decide_nested(view, settings, outer, user), user
+
+
+def _first_signed_in(own: UserOf, outer: UserOf) -> User | None:
+    """This layer's user, else the outer layer's."""
+    signed_in = own()
+    return signed_in if signed_in is not None else outer()
 
 
 def who_is_asking(view: RequestView, settings: Settings, user: UserOf) -> TrustedBy | None:

@@ -366,6 +366,46 @@ def test_nested_middlewares_decide_once() -> None:
     assert app.calls[0]["task"].trusted_by == "development"
 
 
+def _header_user(header: str) -> Any:
+    """An authenticator: the user named by ``header`` (``"admin"`` is an administrator)."""
+
+    def authenticate(info: Any) -> User | None:
+        name = info.headers.get(header)
+        if not name:
+            return None
+        return User(email=f"{name}@example.com", user_id=name, is_admin=name == "admin")
+
+    return authenticate
+
+
+@pytest.mark.parametrize(
+    ("outer_trust", "outer_user", "inner_user", "status"),
+    [
+        pytest.param("development", "admin", None, "200", id="dev server sign-in counts inside"),
+        pytest.param("development", None, "admin", "200", id="the app's own sign-in counts"),
+        pytest.param("development", "someone", None, "403", id="dev sign-in, not an admin"),
+        pytest.param("development", None, None, "302", id="nobody signed in"),
+        pytest.param("strict", "admin", None, "302", id="strict outer: its sign-in does not"),
+    ],
+)
+def test_a_nested_layer_under_the_development_server_takes_its_sign_in(
+    outer_trust: str, outer_user: str | None, inner_user: str | None, status: str
+) -> None:
+    """Inside a development-trust layer, its signed-in user passes the inner layer's
+    ``login: admin`` too (one sign-in, as on App Engine's development server); elsewhere each
+    layer's own authenticator decides."""
+    from taskhandler import AccessRule, AppConfig
+
+    app = Recorder()
+    rules = AppConfig(rules=[AccessRule(url="/admin/.*", login="admin")])
+    inner = TaskMiddleware(app, config=rules, authenticator=_header_user("x-inner-user"))
+    trust = TrustPolicy.development() if outer_trust == "development" else TrustPolicy()
+    outer = TaskMiddleware(inner, trust=trust, authenticator=_header_user("x-outer-user"))
+    headers = {"HTTP_X_OUTER_USER": outer_user or "", "HTTP_X_INNER_USER": inner_user or ""}
+    got, _, _ = call(outer, REQUEST_METHOD="GET", PATH_INFO="/admin/panel", **headers)
+    assert (len(app.calls), got[:3]) == (1 if status == "200" else 0, status)
+
+
 # -- header-name plans (kept per environ shape) ---------------------------------------------
 
 

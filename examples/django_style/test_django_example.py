@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from examples.django_style import settings as example
+from taskhandler import SignedCookieAuth
 from taskhandler.taskqueue import LocalTaskQueue, load_queue_yaml
 from taskhandler.testing import TaskTestApp, assert_idempotent
 from tests.conformance.django_adapter import configure
@@ -107,8 +108,13 @@ def test_a_stranger_reaches_no_task_url(task_app: TaskTestApp, example_settings:
 # -- on real servers -------------------------------------------------------------------------
 
 
+DEV_SECRET = "django-example-development-secret-0123456789"
+DEV_ADMIN = SignedCookieAuth(DEV_SECRET).cookie_value("admin@example.com", admin=True)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     return {
+        "TASKHANDLER_SECRET_KEY": DEV_SECRET,  # signs the development server's sign-in cookie
         "EXAMPLE_STORE": str(tmp_path / "counts.sqlite3"),
         "EXAMPLE_DJANGO_DB": str(tmp_path / "django.sqlite3"),
         "EXAMPLE_QUEUE_SOURCES": "127.0.0.1",  # the tests play the queue from loopback
@@ -193,5 +199,17 @@ def test_taskhandler_serve_runs_the_django_project(tmp_path: Path) -> None:
             while "served: 1" not in client.get("/").text and time.monotonic() < give_up:
                 time.sleep(0.1)
             assert "served: 1" in client.get("/").text
+            # A developer signs in once, on the development server's page, and runs a
+            # login: admin handler from the browser (no Django account needed).
+            refused = client.get("/tasks/tally", params={"word": "browser"})
+            assert refused.status_code == 302
+            assert refused.headers["location"].startswith("/_ah/login")
+            signed_in = httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", cookies={"taskhandler_signin": DEV_ADMIN}
+            )
+            with signed_in:
+                ran = signed_in.get("/tasks/tally", params={"word": "browser"})
+            assert (ran.status_code, ran.json()["word"]) == (200, "browser")
+            assert "browser: 1" in client.get("/").text
     finally:
         stop(proc)
