@@ -287,12 +287,22 @@ INTERRUPTS = pytest.mark.skipif(
         pytest.param([("TRUST", "strict")], "must be a dict", id="not a dict"),
         pytest.param({"ON_ERROR": 42}, "ON_ERROR", id="error hook not callable"),
         pytest.param({"ON_ERROR": "no.such.module.hook"}, "cannot import", id="bad hook path"),
+        pytest.param({"ON_ERROR": "os.sep"}, "ON_ERROR", id="hook path to a string"),
+        pytest.param({"ON_ERROR": "collections.OrderedDict"}, "not a class", id="hook a class"),
     ],
 )
 def test_bad_settings_fail_at_construction(setting: Any, message: str) -> None:
     """A bad TASKHANDLER setting is a ConfigError naming it, when the middleware is built."""
     with pytest.raises(ConfigError, match=message):
         settings_from_mapping(setting)
+
+
+@pytest.mark.parametrize("key", ["ON_ERROR", "AUTHENTICATOR"])
+def test_a_dotted_path_to_no_callable_is_named_in_the_error(key: str) -> None:
+    """The error for a dotted path to something not callable carries the path given."""
+    with pytest.raises(ConfigError, match=key) as raised:
+        settings_from_mapping({key: "os.sep"})
+    assert raised.value.value == "os.sep"
 
 
 def test_settings_read_app_yaml_trust_and_deadline(tmp_path: Any) -> None:
@@ -739,3 +749,69 @@ def test_a_streaming_answer_to_a_task_is_read_within_the_deadline(kind: str) -> 
     with project(AUTHENTICATOR=None):
         status, headers, body = call(kind, Request(path="/tasks/stream", headers=TASK, peer=QUEUE))
     assert (status, headers["x-task-outcome"], body) == (201, "success", b"part one, part two")
+
+
+def async_streaming(request: Any) -> Any:
+    """An async stream (read by an event loop, also in sync Django) naming the task and trace."""
+    from django.http import StreamingHttpResponse
+
+    async def parts() -> Any:
+        await asyncio.sleep(0)
+        task, trace = current_task(), current_trace()
+        yield f"task={task.task_name if task else None} ".encode()
+        yield f"trace={trace.trace_id if trace else None}".encode()
+        if request.GET.get("fail"):
+            raise ValueError("the stream broke")
+
+    return StreamingHttpResponse(parts())
+
+
+urls.urlpatterns.append(path("tasks/astream", async_streaming))
+
+
+@KINDS
+@pytest.mark.parametrize("fail", [False, True], ids=["whole", "breaks"])
+def test_an_async_stream_is_read_as_part_of_the_task(kind: str, fail: bool) -> None:
+    """An async streaming answer is read while the task is current and its trace published;
+    one that breaks is the task's failure (500, retry), told to ``ON_ERROR``."""
+    query = "fail=1" if fail else ""
+    req = Request(path="/tasks/astream", query=query, headers=[*TASK, TRACEPARENT], peer=QUEUE)
+    with project(AUTHENTICATOR=None, ON_ERROR=reported):
+        status, headers, body = call(kind, req)
+    if fail:
+        assert (status, headers["x-task-outcome"]) == (500, "retry")
+        assert ("reported", "task-1", "ValueError", False) in ran
+    else:
+        assert (status, headers["x-task-outcome"]) == (200, "success")
+        assert body == f"task=task-1 trace={TRACE_ID}".encode()
+
+
+def call_under_outer_middleware(kind: str, req: Request) -> tuple[int, dict[str, str], bytes]:
+    """``req`` through Django wrapped in the WSGI or ASGI ``TaskMiddleware``, as
+    ``taskhandler serve`` runs a Django project (the outer middleware runs the task)."""
+    from taskhandler import asgi as asgi_middleware
+    from taskhandler import wsgi as wsgi_middleware
+
+    if kind == "wsgi":
+        from django.core.handlers.wsgi import WSGIHandler
+
+        return WSGIAdapter().call(wsgi_middleware.TaskMiddleware(WSGIHandler()), req)
+    from django.core.handlers.asgi import ASGIHandler
+
+    app = asgi_middleware.TaskMiddleware(ASGIHandler())
+    return asyncio.run(call_django_asgi(app, ASGIAdapter().scope(req), req.body))[:3]
+
+
+@KINDS
+@pytest.mark.parametrize("debug", [False, True], ids=["DEBUG off", "DEBUG on"])
+def test_a_views_exception_is_the_tasks_failure_inside_an_outer_middleware(
+    kind: str, debug: bool
+) -> None:
+    """Under an outer TaskMiddleware a view's exception is still the task's plain 500 (no
+    Django error page, no traceback) and ``ON_ERROR`` is told of it once."""
+    req = Request(path="/tasks/raises", headers=TASK, peer=QUEUE)
+    with project(AUTHENTICATOR=None, ON_ERROR=reported), override_settings(DEBUG=debug):
+        status, headers, body = call_under_outer_middleware(kind, req)
+    assert (status, headers["x-task-outcome"]) == (500, "retry")
+    assert b"Traceback" not in body and b"<html" not in body.lower()
+    assert [r for r in ran if r[0] == "reported"] == [("reported", "task-1", "ValueError", False)]

@@ -255,16 +255,21 @@ class TaskMiddleware:
     # -- step 6 for exceptions raised by views ---------------------------------------------
 
     def process_exception(self, request: Any, exception: Exception) -> Any:
-        """A view's exception in a task request this middleware runs: the outcome's answer.
+        """A view's exception in a task request: the outcome's answer, ``on_error`` told.
 
         Django's own answers (``Http404``, ``PermissionDenied``, ``BadRequest``,
-        ``SuspiciousOperation``) keep their status, which the queue also retries.
+        ``SuspiciousOperation``) keep their status, which the queue also retries. Inside
+        another ``TaskMiddleware`` (``taskhandler serve`` runs Django so), which runs the
+        task, the answer is made here all the same: Django would otherwise make its own 500
+        page of the exception, and the outer middleware would never see it.
         """
         ctx = getattr(request, "task", None)
-        if ctx is None or _outer_state(request) is not None or _is_django_answer(exception):
+        if ctx is None or _is_django_answer(exception):
             return None
-        result = failure_result(ctx, exception)
-        setattr(request, _RESULT_ATTR, result)
+        # This layer's hook, else the one of the attempt being run (the outer middleware's).
+        result = failure_result(ctx, exception, self.settings.on_error)
+        if _outer_state(request) is None:
+            setattr(request, _RESULT_ATTR, result)  # for run_task's answer and its record
         return http_response(failure_response(result))
 
 
@@ -525,10 +530,13 @@ def _run_task(
             try:
                 ctx._attach_deadline(armed)
                 response = get_response(request)
-                if getattr(response, "streaming", False) and not getattr(
-                    response, "is_async", False
-                ):
-                    response = _buffered(response, b"".join(response.streaming_content))
+                # A stream is read while the deadline is armed, the task current and its
+                # trace published; an async one (in sync Django) through an event loop.
+                if getattr(response, "streaming", False):
+                    if getattr(response, "is_async", False):
+                        response = async_to_sync(_read_stream)(response)
+                    else:
+                        response = _buffered(response, b"".join(response.streaming_content))
             finally:
                 armed.disarm()
         except _PASS_THROUGH:

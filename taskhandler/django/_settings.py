@@ -9,8 +9,11 @@ Keys (all optional)::
         "WEB_XML": None,            # or a web.xml with <security-constraint>s
         "DEADLINE": None,           # seconds; overrides app.yaml's scaling
         "GRACE": None,              # seconds before the deadline the error is raised
+        "CONFIG": None,             # or an AppConfig (instead of APP_YAML / WEB_XML)
         "AUTHENTICATOR": "session", # Django's session (staff/superuser = admin), None, a
                                     # callable RequestInfo -> User | None, or its dotted path
+        "ON_ERROR": None,           # a function (task, exc, final) -> None, or its dotted
+                                    # path: told of a task's exceptions (an error reporter)
     }
 
 An unknown key, a file that does not load or a value of the wrong kind is a ``ConfigError``
@@ -145,13 +148,18 @@ def _authenticator(value: Any) -> Any:
         return SessionAuth()
     if value is None or value is False:
         return None
-    return _callable("AUTHENTICATOR", value, "RequestInfo -> User | None", instantiate=True)
+    return _callable("AUTHENTICATOR", value, "RequestInfo -> User | None", classes="made")
 
 
-def _callable(key: str, value: Any, signature: str, *, instantiate: bool = False) -> Any:
-    """A callable setting given as itself or its dotted path (a class is made when asked)."""
+def _callable(key: str, value: Any, signature: str, *, classes: str = "refused") -> Any:
+    """A callable setting given as itself or its dotted path.
+
+    A class named by its path is instantiated when ``classes="made"`` (an authenticator
+    class), refused otherwise (a hook is a function, not a class to construct).
+    """
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         from django.utils.module_loading import import_string
 
@@ -159,14 +167,20 @@ def _callable(key: str, value: Any, signature: str, *, instantiate: bool = False
             value = import_string(value)
         except ImportError as exc:
             raise ConfigError(
-                f"settings.{SETTING}[{key!r}]: cannot import ({exc})", value=value
+                f"settings.{SETTING}[{key!r}]: cannot import ({exc})", value=given
             ) from None
-        if instantiate and isinstance(value, type):
+    if isinstance(value, type):
+        if classes != "made":
+            raise ConfigError(
+                f"settings.{SETTING}[{key!r}] must be a function {signature}, not a class",
+                value=given,
+            )
+        if isinstance(given, str):
             value = value()
     if not callable(value):
         raise ConfigError(
             f"settings.{SETTING}[{key!r}] must be a callable {signature} or its dotted path",
-            value=value,
+            value=given,
         )
     return value
 
