@@ -255,7 +255,7 @@ def _names(scope: Scope) -> _Names:
     names = tuple([name for name, _ in headers])
     try:
         return _classify_names(names)
-    except (_NotKept, TypeError):  # a request like no other, or a bytearray name: not kept
+    except (_NotKept, TypeError, ValueError):  # like no other, a bytearray or memoryview name
         return _sort_names(names)
 
 
@@ -422,7 +422,7 @@ def _app_path(scope: Scope) -> str:
 def _host(scope: Scope) -> str:
     """The ``Host`` the client asked for, else the server's name and port."""
     for name, value in scope["headers"]:
-        if name.lower() == b"host" and value:
+        if bytes(name).lower() == b"host" and value:  # bytes(): the same object for bytes
             return _text(value)
     server = scope.get("server")
     if not server:
