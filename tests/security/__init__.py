@@ -17,7 +17,8 @@ The matrix (``launch.py`` starts it once per session, in parallel; ~30 s on two 
   uvicorn ``--no-proxy-headers`` (the advised setup behind a proxy);
 - the Django app (``settings.TASKHANDLER``, Django's own WSGI and ASGI handlers) under
   gunicorn gthread, waitress, cheroot, uvicorn, hypercorn, daphne and granian, strict and
-  ``+proxied``, in every table the plain app is in;
+  ``+proxied``, in every table the plain app is in (nested: inside the WSGI and ASGI
+  middleware, as ``taskhandler serve`` runs it; ``uvicorn --no-proxy-headers`` too);
 - app variants: nested middlewares (gunicorn, uvicorn), werkzeug ``ProxyFix(x_prefix=1)``
   outside and inside the middleware, ``FastAPI(root_path="/api")``, hypercorn's
   ``ProxyFixMiddleware`` (legacy and modern) and granian's proxy-headers wrapper;

@@ -63,7 +63,10 @@ MAIN = (
 (strict) trust, the queue is 0.1.0.2 and 127.0.0.3."""
 PROXIED = tuple(Backend(b.server, b.app, trust="proxied") for b in MAIN)
 """The same with ``trusted_proxies=["127.0.0.1"]``."""
-CONFIGURED = (Backend("uvicorn-noproxy", trust="proxied"),)
+CONFIGURED = (
+    Backend("uvicorn-noproxy", trust="proxied"),
+    Backend("uvicorn-noproxy", "django", trust="proxied"),
+)
 """uvicorn as the docs advise behind a proxy with ``trusted_proxies``: ``--no-proxy-headers``."""
 # Servers that take the peer from X-Forwarded-For by default (so the middleware never treats
 # a peer named there as the queue), and waitress, which removes X-Forwarded-For by default:
@@ -72,7 +75,12 @@ NO_XFF_WALK = ("uvicorn-h11", "uvicorn-httptools", "gunicorn-uvicornworker", "wa
 # WSGI servers that fold a client's X_Forwarded_For into X-Forwarded-For: without
 # TrustPolicy(proxy_drops_underscore_headers=True) the middleware does not walk it at all.
 FOLDS_UNDERSCORES = ("cheroot", "wsgiref", "hypercorn-wsgi", "granian-wsgi")
-NESTED = (Backend("gunicorn-sync", "nested"), Backend("uvicorn-h11", "nested"))
+NESTED = (
+    Backend("gunicorn-sync", "nested"),
+    Backend("uvicorn-h11", "nested"),
+    Backend("gunicorn-gthread", "django_nested"),
+    Backend("uvicorn-h11", "django_nested"),
+)
 PREFIXED = (
     Backend("gunicorn-sync", "proxyfix_outside"),
     Backend("gunicorn-sync", "proxyfix_inside"),

@@ -180,14 +180,19 @@ class Backend:
     def target(self) -> str:
         if self.app == "fastapi":
             return f"{APPS}.fastapi_app:app"
-        if self.app == "django":  # Django's own handler of the server's protocol
-            return f"{APPS}.django_app:{SERVERS[self.server].protocol}"
+        if self.app in ("django", "django_nested"):  # Django's handler for the protocol
+            protocol = SERVERS[self.server].protocol
+            attribute = protocol if self.app == "django" else f"nested_{protocol}"
+            return f"{APPS}.django_app:{attribute}"
         module = "wsgi_app" if SERVERS[self.server].protocol == "wsgi" else "asgi_app"
         return f"{APPS}.{module}:{self.app}"
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or ``None``."""
-        for needs in (SERVERS[self.server].needs, *(("django",) if self.app == "django" else ())):
+        for needs in (
+            SERVERS[self.server].needs,
+            *(("django",) if self.app.startswith("django") else ()),
+        ):
             if importlib.util.find_spec(needs) is None:
                 return f"{needs} is not installed"
         return None

@@ -26,6 +26,7 @@ HEADER_PREFIXES = [
     ("Daphne-Root-Path", (b"Daphne-Root-Path: /prefix\r\n", "/admin/panel")),
     ("Daphne-Root-Path-prefixed", (b"Daphne-Root-Path: /prefix\r\n", "/prefix/admin/panel")),
     ("Daphne-Root-Path-tasks", (b"Daphne-Root-Path: /prefix\r\n", "/tasks/run")),
+    ("Daphne-Root-Path-mid-segment", (b"Daphne-Root-Path: /x\r\n", "/xadmin/panel")),
     ("X-Forwarded-Prefix", (b"X-Forwarded-Prefix: /prefix\r\n", "/admin/panel")),
     ("X-Forwarded-Prefix-prefixed", (b"X-Forwarded-Prefix: /prefix\r\n", "/prefix/admin/panel")),
     ("X-Forwarded-Prefix-secure", (b"X-Forwarded-Prefix: /prefix\r\n", "/secure/page")),

@@ -28,6 +28,8 @@ BACKENDS = [
     Backend("uvicorn-httptools", trust="proxied"),
     Backend("cheroot"),
     Backend("waitress", trust="proxied"),
+    Backend("cheroot", "django"),
+    Backend("waitress", "django", trust="proxied"),
 ]
 FLOODS = [
     ("X-Foo", "/tasks/run", b"X-Foo: a\r\n" * COPIES),

@@ -4,7 +4,10 @@ The same views, rules, sign-in and trust policy as the Flask and Starlette apps,
 the Django way (``settings.TASKHANDLER``), served by Django's own handlers:
 
 - ``wsgi``: ``get_wsgi_application()``, for the WSGI servers;
-- ``asgi``: ``get_asgi_application()``, for the ASGI servers.
+- ``asgi``: ``get_asgi_application()``, for the ASGI servers;
+- ``nested_wsgi`` / ``nested_asgi``: the same inside the WSGI / ASGI ``TaskMiddleware``
+  with no config (the outer one decides trust, Django's applies the rules), as
+  ``taskhandler serve`` runs a Django project.
 
 No database, no session: the sign-in is the suite's ``SignedCookieAuth``.
 """
@@ -16,6 +19,8 @@ from typing import Any
 import django
 from django.conf import settings
 
+from taskhandler import asgi as asgi_middleware
+from taskhandler import wsgi as wsgi_middleware
 from tests.security.apps.common import AUTH, RULES, record, trust_from_env
 
 settings.configure(
@@ -71,3 +76,5 @@ urlpatterns = [
 
 wsgi = get_wsgi_application()
 asgi = get_asgi_application()
+nested_wsgi = wsgi_middleware.TaskMiddleware(get_wsgi_application(), trust=trust_from_env())
+nested_asgi = asgi_middleware.TaskMiddleware(get_asgi_application(), trust=trust_from_env())
