@@ -92,7 +92,13 @@ def wsgi_floor(app: WsgiApp) -> WsgiApp:
         armed = arm(600, 10)
         try:
             ctx._attach_deadline(armed)
-            body = list(app(environ, capture))
+            chunks = app(environ, capture)
+            try:
+                body = list(chunks)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # PEP 3333: the server's part, so the floor's too
         finally:
             armed.disarm()
             _current.reset(token)

@@ -4,12 +4,13 @@ Run: ``python bench/http_servers.py [--quick] [--rounds N] [--seconds S]`` (need
 ``apt-get install -y wrk``).
 
 What a user of the middleware feels is the throughput of their server, not microseconds
-in a loop. This script starts four servers on 127.0.0.1 (free ports), each one process:
+in a loop. This script starts six servers on 127.0.0.1 (free ports), each one process:
 
   uvicorn + Starlette   (one worker; the ASGI ``TaskMiddleware``)
   gunicorn + Flask      (one gthread worker, 4 threads; the WSGI ``TaskMiddleware``)
 
-each serving ``bench/http_apps.py`` bare and wrapped, and drives them with ``wrk``
+each serving ``bench/http_apps.py`` bare, wrapped and as the floor (below), and drives them
+with ``wrk``
 (one thread, 8 keep-alive connections) with two kinds of request:
 
   plain    ``POST /tasks/count`` with a small form body, no task headers
@@ -17,9 +18,10 @@ each serving ``bench/http_apps.py`` bare and wrapped, and drives them with ``wrk
            apps trust loopback as the queue (``TrustPolicy(queue_sources=["127.0.0.1"])``),
            so each such request is parsed, gets its context and deadline, and its outcome
 
-Rounds interleave bare and wrapped (bare, wrapped, then wrapped, bare the next round, the
-pairs' order rotating); the ratio wrapped/bare is taken within each round and its median
-and spread (lowest-highest) printed. Targets: uvicorn+Starlette plain >= 0.97x, trusted
+Rounds interleave the three apps of a case: their order rotates each round and reverses
+every other one, so six rounds (the default) run each of the six orders once; the cases'
+order rotates too. The ratio wrapped/bare is taken within each round and its median and
+spread (lowest-highest) printed. Targets: uvicorn+Starlette plain >= 0.97x, trusted
 >= 0.85x; gunicorn+Flask plain and trusted >= 0.95x.
 
 Each request is also sent to a third server per stack, the ``floor`` app of
@@ -190,10 +192,10 @@ def wrk(port: int, script: Path, seconds: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s (a smoke test)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 6)")
     parser.add_argument("--seconds", type=int, help="whole seconds per wrk run (default 2)")
     args = parser.parse_args()
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = args.rounds or (2 if args.quick else 6)
     seconds = args.seconds or (1 if args.quick else 2)
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
