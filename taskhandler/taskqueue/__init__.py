@@ -22,6 +22,7 @@ from ._api import Queue as Queue
 from ._api import QueueStatistics as QueueStatistics
 from ._api import add as add
 from ._api import add_async as add_async
+from ._api import create_rpc as create_rpc
 from ._backend import LeasedTask as LeasedTask
 from ._backend import NewTask as NewTask
 from ._backend import PullQueueBackend as PullQueueBackend
@@ -159,6 +160,7 @@ __all__ = [
     "UnknownQueueError",
     "add",
     "add_async",
+    "create_rpc",
     "current_backend",
     "describe_queue_yaml",
     "describe_queues",

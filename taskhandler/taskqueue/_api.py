@@ -21,7 +21,7 @@ from ._backend import use as use
 from ._enqueue import MAX_TASKS_PER_ADD as MAX_TASKS_PER_ADD
 from ._enqueue import MAX_TRANSACTIONAL_TASKS as MAX_TRANSACTIONAL_TASKS
 from ._enqueue import AddResult as AddResult
-from ._enqueue import add_tasks, check_queue_name
+from ._enqueue import add_tasks, check_queue_name, claiming, outcome
 from ._enqueue import transaction as transaction
 from ._errors import (
     BadTaskStateError,
@@ -123,14 +123,22 @@ class Queue:
         return self.add_async(task, transactional).get_result()
 
     @overload
-    def add_async(self, task: Task, transactional: bool = False) -> AddResult[Task]: ...
+    def add_async(
+        self, task: Task, transactional: bool = False, rpc: AddResult[Any] | None = None
+    ) -> AddResult[Task]: ...
     @overload
     def add_async(
-        self, task: Sequence[Task], transactional: bool = False
+        self,
+        task: Sequence[Task],
+        transactional: bool = False,
+        rpc: AddResult[Any] | None = None,
     ) -> AddResult[list[Task]]: ...
 
     def add_async(
-        self, task: Task | Sequence[Task], transactional: bool = False
+        self,
+        task: Task | Sequence[Task],
+        transactional: bool = False,
+        rpc: AddResult[Any] | None = None,
     ) -> AddResult[Task] | AddResult[list[Task]]:
         """Like :meth:`add`; returns an object whose ``get_result()`` gives what ``add`` returns.
 
@@ -140,17 +148,32 @@ class Queue:
         before the backend has answered; the tasks are marked enqueued by the first
         ``get_result()``, ``check_success()`` or ``wait()`` (see :class:`AddResult`).
 
+        Args:
+            task: a :class:`Task` or a list of them.
+            transactional: as for :meth:`add`.
+            rpc: an RPC object from :func:`create_rpc`, not used before: the call fills it
+                and returns it; its ``deadline`` bounds a ``CloudTasksBackend`` call.
+
+        Raises:
+            AssertionError: ``rpc`` was already used for a call (as on App Engine).
+            TypeError: ``rpc`` is not from :func:`create_rpc`.
+
         Example:
-            >>> rpc = taskqueue.Queue("mail").add_async(tasks)   # doctest: +SKIP
-            >>> render_page()                                    # doctest: +SKIP
-            >>> rpc.get_result()                                 # doctest: +SKIP
+            >>> rpc = taskqueue.create_rpc(deadline=5)                 # doctest: +SKIP
+            >>> taskqueue.Queue("mail").add_async(tasks, rpc=rpc)      # doctest: +SKIP
+            >>> render_page()                                          # doctest: +SKIP
+            >>> rpc.get_result()                                       # doctest: +SKIP
         """
         tasks: list[Task] = [task] if isinstance(task, Task) else list(task)
         for item in tasks:
             if not isinstance(item, Task):
                 raise TypeError(f"not a Task: {item!r}")
         result: AddResult[Any] = add_tasks(
-            self._name, tasks, transactional=transactional, multiple=not isinstance(task, Task)
+            self._name,
+            tasks,
+            transactional=transactional,
+            multiple=not isinstance(task, Task),
+            rpc=rpc,
         )
         return result
 
@@ -171,9 +194,14 @@ class Queue:
             return self.delete_tasks(Task(name=task_name))
         return self.delete_tasks([Task(name=name) for name in task_name])
 
-    def delete_tasks_by_name_async(self, task_name: str | Iterable[str]) -> AddResult[Any]:
-        """Like :meth:`delete_tasks_by_name`; ``get_result()`` on the returned object gives it."""
-        return _settled(lambda: self.delete_tasks_by_name(task_name))
+    def delete_tasks_by_name_async(
+        self, task_name: str | Iterable[str], rpc: AddResult[Any] | None = None
+    ) -> AddResult[Any]:
+        """Like :meth:`delete_tasks_by_name`; ``get_result()`` on the returned object gives it.
+
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
+        """
+        return _settled(lambda: self.delete_tasks_by_name(task_name), rpc)
 
     @overload
     def delete_tasks(self, task: Task) -> Task: ...
@@ -216,9 +244,14 @@ class Queue:
             item._mark_deleted(backend.delete(self._name, item.name))
         return task if isinstance(task, Task) else tasks
 
-    def delete_tasks_async(self, task: Task | Iterable[Task]) -> AddResult[Any]:
-        """Like :meth:`delete_tasks`; ``get_result()`` on the returned object gives its result."""
-        return _settled(lambda: self.delete_tasks(task))
+    def delete_tasks_async(
+        self, task: Task | Iterable[Task], rpc: AddResult[Any] | None = None
+    ) -> AddResult[Any]:
+        """Like :meth:`delete_tasks`; ``get_result()`` on the returned object gives its result.
+
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
+        """
+        return _settled(lambda: self.delete_tasks(task), rpc)
 
     def purge(self) -> None:
         """Delete every task of this queue (pending, leased or running)."""
@@ -250,11 +283,16 @@ class Queue:
         _check_deadline(deadline)
         return self._lease(lease_seconds, max_tasks, group_by_tag=False, tag=None)
 
-    def lease_tasks_async(self, lease_seconds: float, max_tasks: int) -> AddResult[list[Task]]:
-        """Like :meth:`lease_tasks`; ``get_result()`` on the returned object gives the tasks."""
+    def lease_tasks_async(
+        self, lease_seconds: float, max_tasks: int, rpc: AddResult[Any] | None = None
+    ) -> AddResult[list[Task]]:
+        """Like :meth:`lease_tasks`; ``get_result()`` on the returned object gives the tasks.
+
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
+        """
         lease_seconds = _check_lease_seconds(lease_seconds)
         _check_max_tasks(max_tasks)
-        return _settled(lambda: self._lease(lease_seconds, max_tasks, group_by_tag=False))
+        return _settled(lambda: self._lease(lease_seconds, max_tasks, group_by_tag=False), rpc)
 
     def lease_tasks_by_tag(
         self,
@@ -272,12 +310,21 @@ class Queue:
         return self._lease(lease_seconds, max_tasks, group_by_tag=True, tag=tag)
 
     def lease_tasks_by_tag_async(
-        self, lease_seconds: float, max_tasks: int, tag: str | bytes | None = None
+        self,
+        lease_seconds: float,
+        max_tasks: int,
+        tag: str | bytes | None = None,
+        rpc: AddResult[Any] | None = None,
     ) -> AddResult[list[Task]]:
-        """Like :meth:`lease_tasks_by_tag`; ``get_result()`` on the returned object gives them."""
+        """Like :meth:`lease_tasks_by_tag`; ``get_result()`` on the returned object gives them.
+
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
+        """
         lease_seconds = _check_lease_seconds(lease_seconds)
         _check_max_tasks(max_tasks)
-        return _settled(lambda: self._lease(lease_seconds, max_tasks, group_by_tag=True, tag=tag))
+        return _settled(
+            lambda: self._lease(lease_seconds, max_tasks, group_by_tag=True, tag=tag), rpc
+        )
 
     def _lease(
         self,
@@ -340,9 +387,14 @@ class Queue:
         _check_deadline(deadline)
         return QueueStatistics._of(self)
 
-    def fetch_statistics_async(self) -> AddResult[QueueStatistics]:
-        """Like :meth:`fetch_statistics`; ``get_result()`` on the returned object gives them."""
-        return _settled(lambda: QueueStatistics._of(self))
+    def fetch_statistics_async(
+        self, rpc: AddResult[Any] | None = None
+    ) -> AddResult[QueueStatistics]:
+        """Like :meth:`fetch_statistics`; ``get_result()`` on the returned object gives them.
+
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
+        """
+        return _settled(lambda: QueueStatistics._of(self), rpc)
 
     def __repr__(self) -> str:
         return f"Queue<{self._name}>"
@@ -424,15 +476,16 @@ class QueueStatistics:
         return cls.fetch_async(queue_or_queues).get_result()
 
     @classmethod
-    def fetch_async(cls, queue_or_queues: Any) -> AddResult[Any]:
+    def fetch_async(cls, queue_or_queues: Any, rpc: AddResult[Any] | None = None) -> AddResult[Any]:
         """Like :meth:`fetch`; ``get_result()`` on the returned object gives its result.
 
         A bad argument raises ``TypeError`` here; queue errors come from ``get_result()``.
+        With ``rpc`` (from :func:`create_rpc`) the call fills it and returns it.
         """
         queues, wants_list = _queues_of(queue_or_queues)
         if wants_list:
-            return _settled(lambda: [cls._of(queue) for queue in queues])
-        return _settled(lambda: cls._of(queues[0]))
+            return _settled(lambda: [cls._of(queue) for queue in queues], rpc)
+        return _settled(lambda: cls._of(queues[0]), rpc)
 
 
 def _queues_of(queue_or_queues: object) -> tuple[list[Queue], bool]:
@@ -457,12 +510,17 @@ def _queues_of(queue_or_queues: object) -> tuple[list[Queue], bool]:
     )
 
 
-def _settled(call: Callable[[], T]) -> AddResult[T]:
-    """Run ``call`` now (the local calls are quick); its result or error, for ``get_result()``."""
-    try:
-        return AddResult(call())
-    except Error as exc:
-        return AddResult(error=exc)
+def _settled(call: Callable[[], T], rpc: AddResult[Any] | None = None) -> AddResult[T]:
+    """Run ``call`` now (the local calls are quick); its result or error, for ``get_result()``.
+
+    In ``rpc`` when given (claimed first: ``AssertionError`` if a call already has it).
+    """
+    with claiming(rpc):
+        try:
+            value = call()
+        except Error as exc:
+            return outcome(rpc, error=exc)
+        return outcome(rpc, value)
 
 
 def _check_lease_seconds(lease_seconds: object) -> float:
@@ -520,10 +578,47 @@ def add_async(
     *,
     queue_name: str = DEFAULT_QUEUE,
     transactional: bool = False,
+    rpc: AddResult[Any] | None = None,
     **kwargs: Any,
 ) -> AddResult[Task]:
     """Like :func:`add`; returns an :class:`AddResult` whose ``get_result()`` gives the task.
 
-    It returns without waiting for a backend that offers ``enqueue_async``.
+    It returns without waiting for a backend that offers ``enqueue_async``. With ``rpc``
+    (from :func:`create_rpc`) the call fills it and returns it.
     """
-    return Task(payload, **kwargs).add_async(queue_name=queue_name, transactional=transactional)
+    return Task(payload, **kwargs).add_async(
+        queue_name=queue_name, transactional=transactional, rpc=rpc
+    )
+
+
+def create_rpc(
+    deadline: float | None = None, callback: Callable[[], object] | None = None
+) -> AddResult[Any]:
+    """An RPC object for one ``*_async`` call's ``rpc=`` argument, as App Engine's.
+
+    The call fills it and returns it; ``get_result()``, ``check_success()``, ``wait()`` and
+    ``done()`` then behave as on any :class:`AddResult`.
+
+    Args:
+        deadline: seconds the call may take. ``CloudTasksBackend`` gives up on an add after
+            it (``TransientError``, as for Cloud Tasks' ``DEADLINE_EXCEEDED``); the local
+            queue answers at once and only keeps it. ``None``: the backend's own timeout.
+        callback: called without arguments, once, by the first ``wait()``,
+            ``check_success()`` or ``get_result()`` after the call completed, in that thread,
+            also when the call failed (that method then still raises its error). It may
+            call ``get_result()`` itself; it may be set later as ``rpc.callback``.
+
+    Raises:
+        TypeError: ``deadline`` is not a number, or ``callback`` is not callable.
+        InvalidDeadlineError: ``deadline`` is not above 0.
+
+    Example:
+        >>> rpc = taskqueue.create_rpc(deadline=5, callback=on_done)   # doctest: +SKIP
+        >>> taskqueue.Queue("mail").add_async(task, rpc=rpc)           # doctest: +SKIP
+        >>> rpc.wait()                                                 # doctest: +SKIP
+    """
+    if deadline is not None:
+        _check_deadline(deadline)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable without arguments, not {callback!r}")
+    return AddResult._unstarted(None if deadline is None else float(deadline), callback)

@@ -2,8 +2,10 @@
 
 App Engine's rules for one ``add()`` call (at most 100 tasks, no name twice, no task added
 twice), transactional adds (``with transaction():``, at most 5, unnamed, all or none), and the
-:class:`AddResult` that ``add_async()`` returns. The tasks are handed to the installed backend
-as :class:`~taskhandler.taskqueue._backend.NewTask` records.
+:class:`AddResult` that ``add_async()`` returns, which is also the RPC object
+``create_rpc()`` makes for a call's ``rpc=`` (:func:`claiming` and :func:`outcome` fill one).
+The tasks are handed to the installed backend as
+:class:`~taskhandler.taskqueue._backend.NewTask` records.
 
 It works on anything shaped like a :class:`Task` (:class:`Addable`), so it does not import the
 ``Task`` class: ``Task`` imports this module, and ``Queue`` imports both.
@@ -45,6 +47,8 @@ __all__ = [
     "add_tasks",
     "bind_transaction_sink",
     "check_queue_name",
+    "claiming",
+    "outcome",
     "reset_transaction_sink",
     "transaction",
 ]
@@ -85,19 +89,32 @@ def check_queue_name(name: object) -> str:
 
 
 class AddResult(Generic[T]):
-    """What ``add_async`` returns: ``get_result()`` gives the task(s) or raises the add's error.
+    """What the ``*_async`` calls return, and App Engine's RPC object (:func:`create_rpc`).
 
-    It behaves like the RPC object App Engine's ``add_async()`` returns. With a backend that
-    offers ``enqueue_async`` (``CloudTasksBackend``) the add is still in flight when this
-    object is returned: ``done()`` tells whether it has finished, and the first of
-    ``get_result()``, ``check_success()`` or ``wait()`` waits for it and then fills in the
-    tasks' ``name``/``queue_name`` and ``was_enqueued`` (as App Engine's result hook did), so
-    read those only after one of them. With the local queue the add has already happened
-    (it takes well under a millisecond) and nothing blocks.
+    ``get_result()`` gives the call's result (for ``add_async``, the task or list of tasks) or
+    raises its error. With a backend that offers ``enqueue_async`` (``CloudTasksBackend``) an
+    add is still in flight when this object is returned: ``done()`` tells whether it has
+    finished, and the first of ``get_result()``, ``check_success()`` or ``wait()`` waits for
+    it and then fills in the tasks' ``name``/``queue_name`` and ``was_enqueued`` (as App
+    Engine's result hook did), so read those only after one of them. With the local queue the
+    call has already happened (it takes well under a millisecond) and nothing blocks.
+
+    As App Engine's ``UserRPC``: ``deadline`` is the deadline given to :func:`create_rpc`
+    (``None`` otherwise); ``callback`` (assignable) is called without arguments, once, by the
+    first ``wait()``, ``check_success()`` or ``get_result()`` after the call completed, in
+    that thread, also when the call failed; ``state`` is :attr:`IDLE` before a call was made
+    with it, :attr:`RUNNING` while the call is in flight, :attr:`FINISHING` once it has
+    completed. An object carries one call: passing it as ``rpc=`` to a second call raises
+    ``AssertionError``, as App Engine's ``make_call`` did.
 
     Each object is safe to use from several threads; the outcome is settled once and every
-    later call gives the same task(s) or raises the same error.
+    later call gives the same result or raises the same error.
     """
+
+    #: ``state`` values, the numbers of App Engine's ``apiproxy_rpc.RPC`` states.
+    IDLE = 0
+    RUNNING = 1
+    FINISHING = 2
 
     def __init__(
         self,
@@ -114,41 +131,116 @@ class AddResult(Generic[T]):
         self._future = future
         self._finish = finish
         self._lock = threading.Lock()
+        self._deadline: float | None = None
+        #: Called without arguments by the first wait after the call completed (see above).
+        self.callback: Callable[[], object] | None = None
+        self._callback_due = True
+        self._started = True  # a call has filled it (only create_rpc() makes one that has not)
+        self._taken = True  # a call has claimed it (refuses a second)
+
+    @classmethod
+    def _unstarted(
+        cls, deadline: float | None, callback: Callable[[], object] | None
+    ) -> AddResult[Any]:
+        """An RPC object no call has used yet: what :func:`create_rpc` returns."""
+        rpc: AddResult[Any] = cls()
+        rpc._deadline = deadline
+        rpc.callback = callback
+        rpc._started = False
+        rpc._taken = False
+        return rpc
+
+    def _take(self) -> None:
+        """Claim this object for a call; ``AssertionError`` if a call already has it."""
+        with self._lock:
+            if self._taken:
+                raise AssertionError(
+                    "this RPC object was already used for a call (state "
+                    f"{self.state}): make one per call with taskqueue.create_rpc()"
+                )
+            self._taken = True
+
+    def _give_back(self) -> None:
+        """The call that claimed it failed before it started: the object is unused again."""
+        with self._lock:
+            if not self._started:
+                self._taken = False
+
+    def _start(
+        self,
+        value: Any = None,
+        error: BaseException | None = None,
+        *,
+        future: concurrent.futures.Future[list[str | Error]] | None = None,
+        finish: Callable[[list[str | Error]], Any] | None = None,
+    ) -> None:
+        """Fill a claimed object with its call's outcome, or with the add still in flight."""
+        with self._lock:
+            self._value, self._error = value, error
+            self._future, self._finish = future, finish
+            self._started = True
+
+    @property
+    def deadline(self) -> float | None:
+        """The deadline given to :func:`create_rpc`, in seconds; ``None`` when none was."""
+        return self._deadline
+
+    @property
+    def state(self) -> int:
+        """:attr:`IDLE`, :attr:`RUNNING` or :attr:`FINISHING` (App Engine's numbers)."""
+        if not self._started:
+            return self.IDLE
+        return self.FINISHING if self.done() else self.RUNNING
 
     def _settle(self) -> None:
+        if not self._started:
+            raise AssertionError(
+                "no call has been made with this RPC object: pass it as rpc= to an *_async call"
+            )
         # Unlocked fast path: _future only ever goes from a future to None.
-        if self._future is None:
+        if self._future is not None:
+            with self._lock:
+                future, finish = self._future, self._finish
+                if future is not None and finish is not None:
+                    try:
+                        self._value = finish(future.result())
+                    except Exception as exc:  # the call's error, kept to raise on every call
+                        self._error = exc
+                    self._future = None
+                    self._finish = None
+        self._run_callback()
+
+    def _run_callback(self) -> None:
+        # Once, in the thread that waited; outside the lock, so that it may call get_result().
+        if not self._callback_due:
             return
         with self._lock:
-            future, finish = self._future, self._finish
-            if future is None or finish is None:
-                return
-            try:
-                self._value = finish(future.result())
-            except Exception as exc:  # the add's error, kept to raise on every call
-                self._error = exc
-            self._future = None
-            self._finish = None
+            due, self._callback_due = self._callback_due, False
+        callback = self.callback
+        if due and callback is not None:
+            callback()
 
     def get_result(self) -> T:
-        """Wait for the add; return the added task (or list of tasks) or raise its error."""
+        """Wait for the call; return its result (the task or list of tasks) or raise its error."""
         self._settle()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
 
     def check_success(self) -> None:
-        """Wait for the add; raise its error, if any."""
+        """Wait for the call; raise its error, if any."""
         self._settle()
         if self._error is not None:
             raise self._error
 
     def wait(self) -> None:
-        """Wait for the add to complete, without raising its error."""
+        """Wait for the call to complete, without raising its error."""
         self._settle()
 
     def done(self) -> bool:
-        """Whether the add has completed (``get_result()`` will not block)."""
+        """Whether the call has completed (``get_result()`` will not block)."""
+        if not self._started:
+            return False
         future = self._future
         return future is None or future.done()
 
@@ -166,6 +258,41 @@ class AddResult(Generic[T]):
             with contextlib.suppress(Exception):  # the add's error comes from get_result()
                 yield from asyncio.wrap_future(future).__await__()
         return self.get_result()
+
+
+@contextlib.contextmanager
+def claiming(rpc: AddResult[Any] | None) -> Iterator[None]:
+    """Claim ``rpc`` (if given) for the call made in the block; give it back if the block raises.
+
+    ``TypeError`` for an ``rpc`` not made by :func:`create_rpc`; ``AssertionError`` for one a
+    call already has (App Engine's ``make_call`` asserted the RPC was idle).
+    """
+    if rpc is None:
+        yield
+        return
+    if not isinstance(rpc, AddResult):
+        raise TypeError(f"rpc must be an RPC object from taskqueue.create_rpc(), not {rpc!r}")
+    rpc._take()
+    try:
+        yield
+    except BaseException:
+        rpc._give_back()
+        raise
+
+
+def outcome(
+    rpc: AddResult[Any] | None,
+    value: Any = None,
+    error: BaseException | None = None,
+    *,
+    future: concurrent.futures.Future[list[str | Error]] | None = None,
+    finish: Callable[[list[str | Error]], Any] | None = None,
+) -> AddResult[Any]:
+    """A call's outcome: in ``rpc`` (claimed with :func:`claiming`) if given, else a new object."""
+    if rpc is None:
+        return AddResult[Any](value, error, future=future, finish=finish)
+    rpc._start(value, error, future=future, finish=finish)
+    return rpc
 
 
 # -- transactions ----------------------------------------------------------------------------
@@ -313,13 +440,19 @@ def _finish(
 
 
 def add_tasks(
-    queue_name: str, tasks: Sequence[Addable], *, transactional: bool, multiple: bool
+    queue_name: str,
+    tasks: Sequence[Addable],
+    *,
+    transactional: bool,
+    multiple: bool,
+    rpc: AddResult[Any] | None = None,
 ) -> AddResult[Any]:
     """Add ``tasks`` to the queue ``queue_name`` (a checked name); see ``Queue.add_async``.
 
     Errors in the arguments (too many tasks, duplicate names, a task already added) are raised
-    here; errors from the backend are kept in the returned :class:`AddResult`, whose value is
-    the list of tasks when ``multiple``, else the one task.
+    here; errors from the backend are kept in the returned :class:`AddResult` (``rpc`` when
+    given, filled in), whose value is the list of tasks when ``multiple``, else the one task.
+    ``rpc.deadline`` bounds the backend's ``enqueue_async`` call.
     """
     if len(tasks) > MAX_TASKS_PER_ADD:
         raise TooManyTasksError(
@@ -338,24 +471,36 @@ def add_tasks(
             seen.add(name)
         if item.was_enqueued:
             raise BadTaskStateError("The task has already been enqueued.")
-    if transactional:
-        _add_transactional(queue_name, tasks)
-        return AddResult[Any](list(tasks) if multiple else tasks[0])
+    with claiming(rpc):
+        if transactional:
+            _add_transactional(queue_name, tasks)
+            return outcome(rpc, list(tasks) if multiple else tasks[0])
+        return _add_now(queue_name, tasks, multiple, rpc)
 
+
+def _add_now(
+    queue_name: str, tasks: Sequence[Addable], multiple: bool, rpc: AddResult[Any] | None
+) -> AddResult[Any]:
     def finish(results: list[str | Error]) -> Any:
         return _finish(queue_name, tasks, multiple, results)
 
+    deadline = None if rpc is None else rpc.deadline
     try:
         backend = current_backend()
         records = _traced([item._record(queue_name) for item in tasks])
         enqueue_async = getattr(backend, "enqueue_async", None)
         if enqueue_async is not None:
-            future: concurrent.futures.Future[list[str | Error]] = enqueue_async(records)
-            return AddResult[Any](future=future, finish=finish)
+            # A deadline only when there is one: backends made before deadlines take none.
+            future: concurrent.futures.Future[list[str | Error]] = (
+                enqueue_async(records)
+                if deadline is None
+                else enqueue_async(records, deadline=deadline)
+            )
+            return outcome(rpc, future=future, finish=finish)
         results = backend.enqueue(records)
     except Error as exc:
-        return AddResult(error=exc)
+        return outcome(rpc, error=exc)
     try:
-        return AddResult[Any](finish(results))
+        return outcome(rpc, finish(results))
     except Error as exc:
-        return AddResult(error=exc)
+        return outcome(rpc, error=exc)

@@ -597,11 +597,22 @@ class Task:
         return self.add_async(queue_name, transactional).get_result()
 
     def add_async(
-        self, queue_name: str = DEFAULT_QUEUE, transactional: bool = False
+        self,
+        queue_name: str = DEFAULT_QUEUE,
+        transactional: bool = False,
+        rpc: AddResult[Any] | None = None,
     ) -> AddResult[Task]:
-        """Add this task to a queue; ``get_result()`` on the returned object gives the task."""
+        """Add this task to a queue; ``get_result()`` on the returned object gives the task.
+
+        With ``rpc`` (from ``taskqueue.create_rpc()``) the call fills it and returns it; see
+        :meth:`Queue.add_async`.
+        """
         result: AddResult[Task] = add_tasks(
-            check_queue_name(queue_name), [self], transactional=transactional, multiple=False
+            check_queue_name(queue_name),
+            [self],
+            transactional=transactional,
+            multiple=False,
+            rpc=rpc,
         )
         return result
 

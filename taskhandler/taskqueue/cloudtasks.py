@@ -34,7 +34,9 @@ How App Engine behaviour carries over:
   API's message (the API exception is the ``__cause__``); see :data:`ERROR_MAP`.
 - ``add_async()``: the backend offers :meth:`CloudTasksBackend.enqueue_async`, which returns a
   ``concurrent.futures.Future`` at once while worker threads make the calls; lists of tasks
-  are created concurrently.
+  are created concurrently. An ``rpc=taskqueue.create_rpc(deadline=...)`` bounds the add:
+  attempts and retries stop at the deadline, and a task not created by then gets
+  ``TransientError``.
 - **Deadlines.** ``deadline=`` (the handler's deadline: the number given to
   ``TaskMiddleware(deadline=...)``) is sent as every task's ``dispatch_deadline``, so Cloud
   Tasks waits as long as taskhandler lets the handler run (without it Cloud Tasks cuts HTTP
@@ -83,6 +85,7 @@ from ._backend import NO_PULL_QUEUES, NewTask
 from ._errors import (
     Error,
     InternalError,
+    InvalidDeadlineError,
     InvalidQueueError,
     InvalidQueueModeError,
     InvalidTaskError,
@@ -522,12 +525,31 @@ class CloudTasksBackend:
         return [name for _, name in created]
 
     def enqueue_async(
-        self, tasks: Sequence[NewTask]
+        self, tasks: Sequence[NewTask], *, deadline: float | None = None
     ) -> concurrent.futures.Future[list[str | Error]]:
         """Start creating the tasks and return at once.
 
         The future's result is what :meth:`enqueue` returns: each task's name or its error.
+
+        Args:
+            tasks: the tasks.
+            deadline: seconds from now by which every CreateTask must have been answered
+                (``taskqueue.create_rpc(deadline=...)``): each attempt's gRPC timeout and the
+                retries are cut to what is left, and a task still waiting for a worker
+                thread when it passes is not attempted. A task not created in time gets
+                ``TransientError`` (Cloud Tasks may still have created it, as after any
+                ``DEADLINE_EXCEEDED``). ``None``: ``timeout`` per attempt, ``retry``'s limit.
+
+        Raises:
+            TypeError, InvalidDeadlineError: ``deadline`` is not a number above 0.
         """
+        end: float | None = None
+        if deadline is not None:
+            if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+                raise TypeError("deadline must be numeric")
+            if not deadline > 0:
+                raise InvalidDeadlineError("Negative or zero deadline requested")
+            end = time.monotonic() + deadline
         outer: concurrent.futures.Future[list[str | Error]] = concurrent.futures.Future()
         results: list[str | Error | None] = [None] * len(tasks)
         pending = [0]
@@ -561,7 +583,7 @@ class CloudTasksBackend:
             return outer
         pending[0] = len(calls)
         for index, parent, proto in calls:
-            future = self._pool.submit(self._create, parent, proto)
+            future = self._pool.submit(self._create, parent, proto, end)
             future.add_done_callback(functools.partial(done, index))
         return outer
 
@@ -592,33 +614,53 @@ class CloudTasksBackend:
         except Error as exc:
             return exc
 
-    def _create(self, parent: str, proto: tasks_v2.Task) -> str | Error:
+    def _timeout(self, end: float | None) -> float:
+        """Seconds the next API call may take: ``timeout``, cut to what is left before ``end``.
+
+        Raises:
+            DeadlineExceeded: ``end`` (a ``time.monotonic()`` value) has passed.
+        """
+        if end is None:
+            return self.timeout
+        left = end - time.monotonic()
+        if left <= 0:
+            raise self._exceptions.DeadlineExceeded(
+                "the RPC deadline passed before the call was made"
+            )
+        return min(self.timeout, left)
+
+    def _create(self, parent: str, proto: tasks_v2.Task, end: float | None = None) -> str | Error:
         attempts = [0]
 
         def attempt() -> Any:
             attempts[0] += 1
-            return self.client.create_task(parent=parent, task=proto, timeout=self.timeout)
+            return self.client.create_task(parent=parent, task=proto, timeout=self._timeout(end))
 
-        call = attempt if self._retry is None else self._retry(attempt)
+        retry = self._retry
+        if retry is not None and end is not None:
+            # Retries stop at the RPC deadline too (each attempt is cut to it above).
+            left = end - time.monotonic()
+            retry = retry.with_timeout(left if retry.timeout is None else min(retry.timeout, left))
+        call = attempt if retry is None else retry(attempt)
         try:
             created = call()
         except self._exceptions.AlreadyExists as exc:
             # After an attempt whose answer was lost, the name may be our own task.
-            if attempts[0] > 1 and self._is_same_task(proto):
+            if attempts[0] > 1 and self._is_same_task(proto, end):
                 return str(proto.name).rsplit("/", 1)[-1]
-            return self._already_exists(proto.name, exc)
+            return self._already_exists(proto.name, exc, end)
         except self._exceptions.RetryError as exc:
             return self._error(exc.cause if exc.cause is not None else exc)
         except self._exceptions.GoogleAPIError as exc:
             return self._error(exc)
         return str(created.name).rsplit("/", 1)[-1]
 
-    def _is_same_task(self, proto: tasks_v2.Task) -> bool:
+    def _is_same_task(self, proto: tasks_v2.Task, end: float | None = None) -> bool:
         """Whether the queued task of ``proto``'s name carries the request ``proto`` does."""
         try:
             found = self.client.get_task(
                 request={"name": proto.name, "response_view": self._tasks_v2.Task.View.FULL},
-                timeout=self.timeout,
+                timeout=self._timeout(end),
             )
         except self._exceptions.GoogleAPIError:
             return False
@@ -632,11 +674,13 @@ class CloudTasksBackend:
                 )
         return False
 
-    def _already_exists(self, name: str, exc: GoogleAPICallError) -> Error:
+    def _already_exists(
+        self, name: str, exc: GoogleAPICallError, end: float | None = None
+    ) -> Error:
         """App Engine told a live name from a recently used one; ask Cloud Tasks which it is."""
         message = exc.message or "task already exists"
         try:
-            self.client.get_task(name=name, timeout=self.timeout)
+            self.client.get_task(name=name, timeout=self._timeout(end))
         except self._exceptions.NotFound:
             error: Error = TombstonedTaskError(
                 f"{message} (task {name} finished or was deleted recently)"
