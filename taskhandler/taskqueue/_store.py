@@ -55,7 +55,7 @@ from ._queue_yaml import RetryParameters
 
 __all__ = ["SCHEMA", "StoredTask", "TaskStore", "Transaction", "generated_name", "utc"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _V2_TABLE = """
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY,
@@ -82,8 +82,10 @@ CREATE TABLE tasks (
 )
 """
 # Version 3 adds the pull tasks' tag as the last column, where ALTER TABLE ADD COLUMN puts it,
-# so a migrated file and a new one have the same columns in the same order.
-_TABLE = _V2_TABLE.replace("    finished REAL\n", "    finished REAL,\n    tag TEXT\n")
+# so a migrated file and a new one have the same columns in the same order. Version 4 adds a
+# push task's own dispatch deadline (seconds; NULL: the queue's dispatch_timeout) after it.
+_V3_TABLE = _V2_TABLE.replace("    finished REAL\n", "    finished REAL,\n    tag TEXT\n")
+_TABLE = _V3_TABLE.replace("    tag TEXT\n", "    tag TEXT,\n    dispatch_deadline REAL\n")
 _BY_NAME = "CREATE UNIQUE INDEX tasks_by_name ON tasks (queue, name) WHERE named = 1"
 _BY_STATE = "CREATE INDEX tasks_by_state ON tasks (state, queue, eta)"
 _BY_TAG = "CREATE INDEX tasks_by_tag ON tasks (queue, tag, eta) WHERE tag IS NOT NULL"
@@ -97,9 +99,18 @@ tasks are in the tag index, which ``lease_tasks_by_tag`` reads.
 
 Pull tasks (``method = 'PULL'``, only in pull queues) are always ``pending``: a lease is their
 ``eta`` moved to the lease's end, as on App Engine, so the dispatcher's leases (state
-``leased``) never touch them.
+``leased``) never touch them. A push task's ``dispatch_deadline`` is how long one delivery may
+take (``NULL``: the queue's ``dispatch_timeout``); a pull task's is always ``NULL``.
 """
 
+# The objects of a current file, and of a version-3 file (releases before dispatch deadlines).
+_V4_SCHEMA = {
+    ("table", "tasks"): _TABLE,
+    ("index", "tasks_by_name"): _BY_NAME,
+    ("index", "tasks_by_state"): _BY_STATE,
+    ("index", "tasks_by_tag"): _BY_TAG,
+}
+_V3_SCHEMA = {**_V4_SCHEMA, ("table", "tasks"): _V3_TABLE}
 # Version 2 (releases before pull queues): no tag column, no tag index.
 _V2_SCHEMA = {
     ("table", "tasks"): _V2_TABLE,
@@ -107,7 +118,8 @@ _V2_SCHEMA = {
     ("index", "tasks_by_state"): _BY_STATE,
 }
 # Version 1 (releases before the partial name index): every name in a table-level UNIQUE index.
-# A file is migrated only when its schema is exactly one of these, text for text.
+# A file is migrated only when its schema is exactly one of these, text for text (spacing
+# aside: see _normal_sql).
 _V1_TABLE = _V2_TABLE.replace(
     "    finished REAL\n", "    finished REAL,\n    UNIQUE (queue, name)\n"
 )
@@ -121,13 +133,14 @@ _V1_COLUMNS = (
 _TASK_COLUMNS = (
     "id, queue, name, named, method, url, headers, payload, target, retry, eta, created, "
     "first_run, retry_count, execution_count, previous_response, retry_reason, state, lease_id, "
-    "tag"
+    "lease_expires, tag, dispatch_deadline"
 )
 # One statement for named and unnamed tasks: an unnamed row (named = 0) is outside the partial
 # index, so it never conflicts.
 _INSERT = (
     "INSERT INTO tasks (queue, name, named, method, url, headers, payload, target, retry, eta,"
-    " created, tag, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
+    " created, tag, dispatch_deadline, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
     " ON CONFLICT (queue, name) WHERE named = 1 DO NOTHING"
 )
 _LIVE = "state IN ('pending', 'leased')"
@@ -235,6 +248,9 @@ class StoredTask:
         state: ``pending`` or ``leased``.
         lease_id: the lease it is being delivered under, when leased.
         tag: a pull task's tag, if any.
+        dispatch_deadline: seconds a delivery of this push task may take (its
+            ``dispatch_deadline_usec``), or ``None`` for the queue's ``dispatch_timeout``.
+        lease_expires: when the lease it is being delivered under ends, when leased.
     """
 
     id: int
@@ -257,6 +273,8 @@ class StoredTask:
     state: str
     lease_id: str | None
     tag: str | None = None
+    dispatch_deadline: float | None = None
+    lease_expires: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredTask:
@@ -283,6 +301,8 @@ class StoredTask:
             state=row["state"],
             lease_id=row["lease_id"],
             tag=row["tag"],
+            dispatch_deadline=row["dispatch_deadline"],
+            lease_expires=row["lease_expires"],
         )
 
 
@@ -300,6 +320,8 @@ def _insert_row(task: NewTask, name: str, target: str | None, now: float) -> tup
         task.eta,
         now,
         task.tag,
+        # A pull task is leased by workers, never delivered: it has no dispatch deadline.
+        None if task.method == "PULL" else task.dispatch_deadline,
     )
 
 
@@ -324,12 +346,24 @@ def sqlite_reason(exc: sqlite3.Error) -> str:
     return f"{name}: {exc}"
 
 
+_SPACE_AROUND_PUNCTUATION = re.compile(r"\s*([(),])\s*")
+
+
+def _normal_sql(sql: str) -> str:
+    """``sql`` with runs of whitespace made one space and none around ``(``, ``)`` and ``,``.
+
+    ``ALTER TABLE ... ADD COLUMN`` appends ``, tag TEXT`` to the table's stored text after a
+    line break: the same table as one created with the column, spaced differently.
+    """
+    return _SPACE_AROUND_PUNCTUATION.sub(r"\1", " ".join(sql.split()))
+
+
 def _same_schema(
     found: dict[tuple[str, str], str | None], expected: dict[tuple[str, str], str]
 ) -> bool:
     """Whether the schema objects ``found`` are exactly ``expected``, whitespace aside."""
     return found.keys() == expected.keys() and all(
-        " ".join(str(found[key]).split()) == " ".join(sql.split()) for key, sql in expected.items()
+        _normal_sql(str(found[key])) == _normal_sql(sql) for key, sql in expected.items()
     )
 
 
@@ -358,6 +392,17 @@ def _migrate_from_v2(conn: sqlite3.Connection) -> None:
     """
     conn.execute("ALTER TABLE tasks ADD COLUMN tag TEXT")
     conn.execute(_BY_TAG)
+    conn.execute("PRAGMA user_version=3")
+
+
+def _migrate_from_v3(conn: sqlite3.Connection) -> None:
+    """Make a version-3 file version 4 (dispatch deadlines), inside the caller's transaction.
+
+    Adding a nullable column rewrites no row: every task of the old file was added without a
+    dispatch deadline the queue honoured, so each keeps ``NULL`` (the queue's
+    ``dispatch_timeout``), as before the migration.
+    """
+    conn.execute("ALTER TABLE tasks ADD COLUMN dispatch_deadline REAL")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -457,9 +502,18 @@ class Transaction:
     # -- leasing and finishing ---------------------------------------------------------------
 
     def lease(
-        self, queue_name: str, now: float, limit: int, lease_ids: Iterator[str], expires: float
+        self,
+        queue_name: str,
+        now: float,
+        limit: int,
+        lease_ids: Iterator[str],
+        expires: Callable[[StoredTask], float],
     ) -> list[StoredTask]:
-        """Lease up to ``limit`` due pending tasks of the queue, in ETA order."""
+        """Lease up to ``limit`` due pending tasks of the queue, in ETA order.
+
+        Each lease ends at ``expires(task)``: a task's lease lasts as long as its own delivery
+        may take.
+        """
         rows = self._conn.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state='pending' AND queue=? AND eta<=? "  # noqa: S608
             "ORDER BY eta, id LIMIT ?",
@@ -473,14 +527,28 @@ class Transaction:
             first_run = now if task.first_run is None else task.first_run
             leased.append(
                 dataclasses.replace(
-                    task, state="leased", lease_id=next(lease_ids), first_run=first_run
+                    task,
+                    state="leased",
+                    lease_id=next(lease_ids),
+                    lease_expires=expires(task),
+                    first_run=first_run,
                 )
             )
         self._conn.executemany(
             "UPDATE tasks SET state='leased', lease_id=?, lease_expires=?, first_run=? WHERE id=?",
-            [(t.lease_id, expires, t.first_run, t.id) for t in leased],
+            [(t.lease_id, t.lease_expires, t.first_run, t.id) for t in leased],
         )
         return leased
+
+    def extend_lease(self, task: StoredTask, expires: float) -> bool:
+        """Make the lease ``task`` holds end at ``expires``; False if it no longer holds it."""
+        return (
+            self._conn.execute(
+                "UPDATE tasks SET lease_expires=? WHERE id=? AND lease_id=? AND state='leased'",
+                (expires, task.id, task.lease_id),
+            ).rowcount
+            == 1
+        )
 
     # -- pull queues: a lease is the task's ETA moved to the lease's end ----------------------
 
@@ -795,9 +863,10 @@ class TaskStore:
 
         A zero-length or missing file is a new database. A SQLite database with no schema and
         ``user_version`` 0 (freshly created by another tool) is adopted too. A file of schema
-        version 1 or 2 (written by an earlier release) is migrated to version 3 in this same
+        version 1, 2 or 3 (written by an earlier release) is migrated to version 4 in this same
         transaction, and only when its schema is exactly that version's; concurrent openers
-        wait for the transaction and then find version 3.
+        wait for the transaction and then find version 4. A file of version 4 is used only when
+        its schema is exactly version 4's; any other file (a later version's too) is refused.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         objects = {
@@ -810,22 +879,28 @@ class TaskStore:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
+        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA):
+            return
         if version == 1 and _same_schema(objects, _V1_SCHEMA):
             _migrate_from_v1(conn)
             _migrate_from_v2(conn)
+            _migrate_from_v3(conn)
             return
         if version == 2 and _same_schema(objects, _V2_SCHEMA):
             _migrate_from_v2(conn)
+            _migrate_from_v3(conn)
             return
-        if version != SCHEMA_VERSION or ("table", "tasks") not in objects:
-            tables = sorted(name for kind, name in objects if kind == "table")
-            raise ConfigError(
-                "the file is not a taskhandler queue database (or has another schema version:"
-                f" user_version {version}, tables {', '.join(tables) or 'none'}); it was left"
-                " unchanged",
-                path=path,
-                value=version,
-            )
+        if version == 3 and _same_schema(objects, _V3_SCHEMA):
+            _migrate_from_v3(conn)
+            return
+        tables = sorted(name for kind, name in objects if kind == "table")
+        raise ConfigError(
+            "the file is not a taskhandler queue database (or has another schema version:"
+            f" user_version {version}, tables {', '.join(tables) or 'none'}); it was left"
+            " unchanged",
+            path=path,
+            value=version,
+        )
 
     # -- transactions --------------------------------------------------------------------------
 
