@@ -3,12 +3,16 @@
 Every dispatcher turns a :class:`Request` into an :class:`Outcome`: the status code when the
 app answered, and otherwise why not. The queue looks only at the status: 2xx is done, anything
 else (including an exception, a timeout or a refused connection) is retried.
+
+The timeout is given with each delivery, not when the dispatcher is made: it is the task's own
+dispatch deadline when it has one, else the queue's ``dispatch_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import inspect
 import io
@@ -16,6 +20,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from ..exceptions import ConfigError
 
 logger = logging.getLogger("taskhandler.taskqueue")
 
+_LEAST_WAIT = 0.001  # seconds: a socket timeout of 0 would make the socket non-blocking
 QUEUE_PEER = "0.1.0.2"
 """The address App Engine's task queue sends from (REMOTE_ADDR of every in-process task)."""
 
@@ -78,9 +84,13 @@ def _reason_for_status(status: int) -> str:
 
 
 class Dispatcher(Protocol):
-    """Delivers a request and reports the outcome; ``close()`` frees connections and loops."""
+    """Delivers a request and reports the outcome; ``close()`` frees connections and loops.
 
-    def __call__(self, request: Request) -> Outcome: ...
+    ``timeout`` is the seconds this delivery may wait for the app's answer; past it the attempt
+    is a failure (``executed``, reason ``timeout after ...``).
+    """
+
+    def __call__(self, request: Request, *, timeout: float) -> Outcome: ...
 
     def close(self) -> None: ...
 
@@ -93,18 +103,18 @@ def is_asgi(app: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def make_dispatcher(target: object, *, timeout: float) -> Dispatcher:
+def make_dispatcher(target: object) -> Dispatcher:
     """Pick the dispatcher for ``target``: a base URL string, an ASGI app or a WSGI app.
 
     Raises:
         ConfigError: a string that is not an ``http://`` or ``https://`` URL, or not callable.
     """
     if isinstance(target, str):
-        return HttpDispatcher(target, timeout=timeout)
+        return HttpDispatcher(target)
     if not callable(target):
         raise ConfigError("target must be a WSGI app, an ASGI app or a base URL", value=target)
     if is_asgi(target):
-        return AsgiDispatcher(cast(ASGIApplication, target), timeout=timeout)
+        return AsgiDispatcher(cast(ASGIApplication, target))
     return WsgiDispatcher(cast(WSGIApplication, target))
 
 
@@ -116,7 +126,8 @@ def _split(url: str) -> tuple[str, str]:
 class WsgiDispatcher:
     """Calls a WSGI app in the calling thread, as a server would, with peer ``0.1.0.2``.
 
-    A WSGI call cannot be interrupted, so the dispatch timeout does not apply in-process.
+    A WSGI call cannot be interrupted, so neither the task's dispatch deadline nor the queue's
+    ``dispatch_timeout`` applies in-process: the call takes as long as the app takes.
     """
 
     def __init__(self, app: WSGIApplication) -> None:
@@ -157,7 +168,8 @@ class WsgiDispatcher:
                 )
         return environ
 
-    def __call__(self, request: Request) -> Outcome:
+    def __call__(self, request: Request, *, timeout: float) -> Outcome:
+        """Call the app; ``timeout`` is not applied (a WSGI call cannot be interrupted)."""
         status: list[int] = []
 
         def start_response(
@@ -197,12 +209,12 @@ class AsgiDispatcher:
     """Runs an ASGI app on one event loop owned by a thread of its own.
 
     All tasks share that loop, as they would in an ASGI server, so app state bound to a loop
-    works. ``lifespan`` events are not sent.
+    works. ``lifespan`` events are not sent. An app still running when the delivery's timeout
+    ends is cancelled (``asyncio.CancelledError`` where it awaits).
     """
 
-    def __init__(self, app: ASGIApplication, *, timeout: float) -> None:
+    def __init__(self, app: ASGIApplication) -> None:
         self.app = app
-        self.timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -244,7 +256,7 @@ class AsgiDispatcher:
             "state": {},
         }
 
-    async def _run(self, request: Request) -> int | None:
+    async def _run(self, request: Request, timeout: float) -> int | None:
         body_sent = False
         finished = asyncio.Event()
         status: list[int] = []
@@ -264,18 +276,18 @@ class AsgiDispatcher:
                 finished.set()
 
         try:
-            await asyncio.wait_for(self.app(self.scope(request), receive, send), self.timeout)
+            await asyncio.wait_for(self.app(self.scope(request), receive, send), timeout)
         finally:
             finished.set()
         return status[0] if status else None
 
-    def __call__(self, request: Request) -> Outcome:
+    def __call__(self, request: Request, *, timeout: float) -> Outcome:
         loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._run(request), loop)
+        future = asyncio.run_coroutine_threadsafe(self._run(request, timeout), loop)
         try:
             code = future.result()
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
-            return _failure(f"timeout after {self.timeout:g}s", executed=True)
+            return _failure(f"timeout after {timeout:g}s", executed=True)
         except Exception as exc:
             logger.exception("task handler raised %s", type(exc).__name__)
             return _failure(f"app raised {type(exc).__name__}", executed=True, status=500)
@@ -300,10 +312,12 @@ class HttpDispatcher:
     """Sends task requests over HTTP/1.1 to ``base_url``, one keep-alive connection per thread.
 
     The task's relative URL is appended to the base URL's path. A timeout is an executed
-    failure; a refused or broken connection is a failure that did not reach the app.
+    failure; a refused or broken connection is a failure that did not reach the app. Each
+    delivery's ``timeout`` bounds connecting, sending, and each wait for the answer; once the
+    response's head has come, its body is read within what is left of ``timeout``.
     """
 
-    def __init__(self, base_url: str, *, timeout: float) -> None:
+    def __init__(self, base_url: str) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("target URL must be http:// or https://HOST[:PORT]", value=base_url)
@@ -314,17 +328,20 @@ class HttpDispatcher:
         self.port = parts.port
         self.netloc = parts.netloc
         self.prefix = parts.path.rstrip("/")
-        self.timeout = timeout
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, its timeout set to ``timeout``; and whether it is reused."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None:
+            conn.timeout = timeout  # for a reconnect
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
             return conn, True
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.timeout)
+        conn = cls(self.host, self.port, timeout=timeout)
         self._local.conn = conn
         with self._lock:
             self._all.append(conn)
@@ -339,7 +356,7 @@ class HttpDispatcher:
                 if conn in self._all:
                     self._all.remove(conn)
 
-    def __call__(self, request: Request) -> Outcome:
+    def __call__(self, request: Request, *, timeout: float) -> Outcome:
         headers = {
             "Host": self.netloc,
             "User-Agent": "AppEngine-Google; (+http://code.google.com/appengine)",
@@ -348,11 +365,16 @@ class HttpDispatcher:
             if name.lower() != "host":
                 headers[name] = f"{headers[name]},{value}" if name in headers else value
         url = self.prefix + request.url
+        ends = time.monotonic() + timeout
         for attempt in (1, 2):
-            conn, reused = self._connection()
+            conn, reused = self._connection(timeout)
             try:
                 conn.request(request.method, url, body=request.body, headers=headers)
+                sock = conn.sock  # getresponse() drops it from conn when the server closes
                 response = conn.getresponse()
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # already closed: nothing left to bound
+                        sock.settimeout(max(ends - time.monotonic(), _LEAST_WAIT))
                 response.read()
                 if response.will_close:
                     self._drop()
@@ -360,7 +382,7 @@ class HttpDispatcher:
                 break
             except TimeoutError:
                 self._drop()
-                return _failure(f"timeout after {self.timeout:g}s", executed=True)
+                return _failure(f"timeout after {timeout:g}s", executed=True)
             except ConnectionRefusedError:
                 self._drop()
                 return _failure("connection refused", executed=False)

@@ -10,9 +10,17 @@ ends, an ``add()`` in this process wakes it, the next ETA comes, or ``poll_inter
 Prefetch. Up to the scheduler's ``slots`` tasks are leased at once (``LocalTaskQueue`` makes
 that ``workers + 16``), so a worker finds its next task waiting while the pump records the last
 ones, and one transaction records and leases a batch. A queue's ``max_concurrent_requests``
-still bounds its leased tasks. A lease lasts ``dispatch_timeout`` for each delivery that may
-come before the task's own on its worker, plus a minute; a process that dies is seen at once
-by the next queue opened on its host (by its pid), only another host waits for the lease.
+still bounds its leased tasks.
+
+Leases. A delivery waits for the app's answer at most the task's *timeout*: its own dispatch
+deadline (``dispatch_deadline_usec``) when it has one, else the queue's ``dispatch_timeout``.
+A lease lasts twice the task's timeout (one delivery before its own on its worker, then its
+own) plus :data:`LEASE_MARGIN`: a 24-hour task is not taken by another process while it runs,
+and a 20-second one is free again two minutes after its process died. A task that waited for
+longer deliveries than that before its own starts has its lease extended first (one write,
+only then); if another process released it meanwhile, it is not delivered on that lease. A
+process that dies is seen at once by the next queue opened on its host (by its pid), only
+another host waits for the lease.
 
 Delivery goes through the transports of ``_dispatch`` (WSGI or ASGI in-process, HTTP to a base
 URL), with the headers of :meth:`TaskContext.to_headers`.
@@ -40,7 +48,7 @@ from ._errors import Error, InternalError, TransientError
 from ._scheduler import Attempt, Finish, GiveUp, Retry, Scheduler
 from ._store import StoredTask, TaskStore, utc
 
-__all__ = ["DispatchLoop", "request_for"]
+__all__ = ["LEASE_MARGIN", "DispatchLoop", "lease_length", "request_for"]
 
 logger = logging.getLogger("taskhandler.taskqueue")
 
@@ -48,6 +56,14 @@ LEASE_MARGIN = 60.0  # seconds a lease outlives the longest a delivery may take
 TOMBSTONE_SWEEP = 3600.0  # seconds between sweeps of expired tombstones
 _BACKOFF_FIRST = 0.05  # seconds the background pump waits after its first storage error
 _BACKOFF_MAX = 5.0  # ... doubling up to this, or the poll interval if that is longer
+
+
+def lease_length(timeout: float) -> float:
+    """How long a task whose delivery may take ``timeout`` seconds is leased for.
+
+    A prefetched task may wait for one delivery before its own starts.
+    """
+    return 2 * timeout + LEASE_MARGIN
 
 
 def request_for(task: StoredTask) -> Request:
@@ -79,7 +95,9 @@ class DispatchLoop:
             ``run_until_idle()`` instead of sleeping.
         transport: delivers a task with no listed target; ``transports`` by target name.
         workers: delivery threads.
-        dispatch_timeout: the longest a delivery may take (for the lease's length).
+        dispatch_timeout: the longest a delivery of a task without its own dispatch deadline
+            may wait for the app's answer; a task's ``dispatch_deadline`` overrides it. Both
+            set the task's lease length (:func:`lease_length`).
         poll_interval: the longest the pump sleeps before looking at the database again.
         lease_prefix: the start of every lease id this loop takes (host/pid/instance).
     """
@@ -103,17 +121,17 @@ class DispatchLoop:
         self._transport = transport
         self._transports = transports
         self._workers = workers
-        # A prefetched task may wait for one delivery before its own starts.
-        self._lease_length = 2 * dispatch_timeout + LEASE_MARGIN
+        self._dispatch_timeout = dispatch_timeout
         self._poll_interval = poll_interval
         self.lease_prefix = lease_prefix
         self._lease_ids = (f"{lease_prefix}/{n}" for n in itertools.count(1))
         self._pump_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[StoredTask | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._results: queue.SimpleQueue[tuple[StoredTask, Outcome]] = queue.SimpleQueue()
+        # An outcome of None: the task's lease was lost before its delivery; nothing to record.
+        self._results: queue.SimpleQueue[tuple[StoredTask, Outcome | None]] = queue.SimpleQueue()
         # Outcomes taken from _results whose recording failed; kept until it succeeds.
-        self._unrecorded: list[tuple[StoredTask, Outcome]] = []
+        self._unrecorded: list[tuple[StoredTask, Outcome | None]] = []
         self._storage_trouble: str | None = None  # the storage error the pump last logged
         self._storage_failures = 0  # storage errors in a row, for the background backoff
         self._attempts = 0
@@ -153,17 +171,55 @@ class DispatchLoop:
         while (task := self._inbox.get()) is not None:
             self._deliver(task)
 
+    def timeout_of(self, task: StoredTask) -> float:
+        """How long a delivery of ``task`` may wait: its dispatch deadline, else the queue's."""
+        deadline = task.dispatch_deadline
+        return self._dispatch_timeout if deadline is None else deadline
+
+    def _hold_lease(self, task: StoredTask, timeout: float) -> bool:
+        """Whether ``task``'s lease outlasts the delivery about to start, extended if need be.
+
+        A prefetched task that waited behind longer deliveries may have little of its lease
+        left: it is extended to outlast this delivery. False when the lease was lost (it
+        expired and another process released it) or the queue was closed: the task is then
+        not delivered by this loop.
+        """
+        expires = task.lease_expires
+        now = float(self._clock())
+        if expires is None or expires - now >= timeout + LEASE_MARGIN:
+            return True
+        try:
+            with self._store.transaction(f"extending the lease of task {task.name!r}") as tx:
+                held = tx.extend_lease(task, now + timeout + LEASE_MARGIN)
+        except (TransientError, InternalError) as exc:
+            # No other process can release it either while the file fails: deliver.
+            logger.warning("%s; delivering task %s on its current lease", exc, task.name)
+            return True
+        except Error:
+            return False  # the queue was closed: its leases were released
+        if not held:
+            logger.warning(
+                "task %s of queue %s was not delivered on this lease: it expired while the task "
+                "waited for a worker, and another process released it",
+                task.name,
+                task.queue,
+            )
+        return held
+
     def _deliver(self, task: StoredTask) -> None:
         transport = self._transports.get(task.target or "", self._transport)
-        try:
-            outcome = transport(request_for(task))
-        except Exception as exc:  # a transport bug must not lose the task
-            logger.exception("delivering task %s failed", task.name)
-            outcome = Outcome(
-                status=None,
-                reason=clean_reason(f"dispatch error {type(exc).__name__}"),
-                executed=False,
-            )
+        timeout = self.timeout_of(task)
+        outcome: Outcome | None = None
+        if self._hold_lease(task, timeout):
+            try:
+                outcome = transport(request_for(task), timeout=timeout)
+            except Exception as exc:  # a transport bug must not lose the task
+                logger.exception("delivering task %s failed", task.name)
+                outcome = Outcome(
+                    status=None,
+                    reason=clean_reason(f"dispatch error {type(exc).__name__}"),
+                    executed=False,
+                )
         self._results.put((task, outcome))
         self._wake.set()
 
@@ -191,6 +247,8 @@ class DispatchLoop:
         failed: list[tuple[StoredTask, Outcome, int]] = []
         retries: list[tuple[StoredTask, float, int, int | None, str]] = []
         for task, outcome in batch:
+            if outcome is None:
+                continue  # the lease was lost: the task is another process's now
             attempt = Attempt(
                 queue_name=task.queue,
                 retry=task.retry,
@@ -215,6 +273,10 @@ class DispatchLoop:
             doing += " and leasing tasks" if free > 0 else ""
         leased: list[StoredTask] = []
         taken: dict[str, int] = {}
+
+        def lease_end(task: StoredTask) -> float:
+            return now + lease_length(self.timeout_of(task))
+
         with self._store.transaction(doing) as tx:
             tx.finish(done, "done", now)
             tx.finish([task for task, _, _ in failed], "failed", now)
@@ -223,14 +285,13 @@ class DispatchLoop:
                 tx.sweep_tombstones(now)
             if free > 0:
                 tx.release_expired(now, except_prefix=self.lease_prefix)
-                expires = now + self._lease_length
                 for name in scheduler.dispatchable():
                     count = scheduler.quota(
                         name, now, free - len(leased), ending=ending.get(name, 0)
                     )
                     if count <= 0:
                         continue
-                    got = tx.lease(name, now, count, self._lease_ids, expires)
+                    got = tx.lease(name, now, count, self._lease_ids, lease_end)
                     if got:
                         leased += got
                         taken[name] = len(got)

@@ -33,6 +33,7 @@ from ._dispatch import Dispatcher, make_dispatcher
 from ._dispatcher import DispatchLoop
 from ._errors import (
     Error,
+    InvalidDispatchDeadlineError,
     InvalidQueueModeError,
     QueuePausedError,
     TaskLeaseExpiredError,
@@ -72,6 +73,9 @@ class QueuedTask:
         state: ``pending``, or ``leased`` while it is being delivered. A pull task is always
             ``pending``; while a worker holds its lease, ``eta`` is when the lease ends.
         tag: a pull task's tag, if any.
+        dispatch_deadline: seconds one delivery of this push task may wait for the app's
+            answer (its ``dispatch_deadline_usec``), or ``None``: the queue's
+            ``dispatch_timeout``. Always ``None`` for a pull task.
     """
 
     queue_name: str
@@ -89,6 +93,7 @@ class QueuedTask:
     retry_reason: str | None
     state: str
     tag: str | None = None
+    dispatch_deadline: float | None = None
 
     def extract_params(self) -> dict[str, str | list[str]]:
         """The params: from the form body for POST, from the query string otherwise."""
@@ -125,7 +130,20 @@ class QueuedTask:
             retry_reason=task.retry_reason,
             state=task.state,
             tag=task.tag,
+            dispatch_deadline=task.dispatch_deadline,
         )
+
+
+def _valid_deadline(deadline: object) -> bool:
+    """Whether ``deadline`` may be a push task's dispatch deadline: None, or seconds above 0."""
+    if deadline is None:
+        return True
+    return (
+        isinstance(deadline, (int, float))
+        and not isinstance(deadline, bool)
+        and math.isfinite(deadline)
+        and deadline > 0
+    )
 
 
 STATISTICS_WINDOW = 60.0
@@ -222,7 +240,10 @@ class LocalTaskQueue:
         targets: service name -> WSGI app, ASGI app or base URL, for tasks whose target (the
             queue's, else the task's) names a service; other tasks go to ``target``.
         tombstone_seconds: how long names of finished or deleted named tasks stay reserved.
-        dispatch_timeout: seconds an HTTP or ASGI delivery may take before it counts as failed.
+        dispatch_timeout: seconds an HTTP or ASGI delivery of a task without its own dispatch
+            deadline may wait for the app's answer before the attempt counts as failed (and is
+            retried). A task's ``dispatch_deadline_usec`` is its own limit instead, as on Cloud
+            Tasks. A WSGI app called in-process cannot be interrupted: neither applies to it.
         workers: threads delivering tasks, and so the most tasks in flight overall.
         poll_interval: the longest the dispatcher sleeps before looking at the database again
             (tasks added by other processes are seen within this time).
@@ -277,10 +298,9 @@ class LocalTaskQueue:
             )
         self._queues = normalize_queues(queues)
         self._clock: Callable[[], float] = clock or time.time
-        self._transport = make_dispatcher(target, timeout=float(dispatch_timeout))
+        self._transport = make_dispatcher(target)
         self._transports: dict[str, Dispatcher] = {
-            str(name): make_dispatcher(dest, timeout=float(dispatch_timeout))
-            for name, dest in (targets or {}).items()
+            str(name): make_dispatcher(dest) for name, dest in (targets or {}).items()
         }
         self._db_path = str(db)
         self._started = _RecentCounts()
@@ -352,11 +372,20 @@ class LocalTaskQueue:
             )
 
     def _check_task(self, task: NewTask) -> QueueConfig:
-        """The queue's definition, if the task may join it (a pull task only a pull queue)."""
+        """The queue's definition, if the task may join it (a pull task only a pull queue).
+
+        A push task's ``dispatch_deadline`` must be a number of seconds above 0 (``Task``
+        allows 15 s to 24 h; a lower one given here is kept, for tests of slow handlers).
+        """
         if task.method == "PULL":
             self.check_pull_queue(task.queue_name)
         else:
             self.check_queue(task.queue_name)
+            if not _valid_deadline(task.dispatch_deadline):
+                raise InvalidDispatchDeadlineError(
+                    "a task's dispatch deadline must be a number of seconds above 0; found "
+                    f"{task.dispatch_deadline!r}"
+                )
         return self._queues[task.queue_name]
 
     def enqueue(self, tasks: Sequence[NewTask], *, atomic: bool = False) -> list[str | Error]:
@@ -372,6 +401,7 @@ class LocalTaskQueue:
             if (
                 config.mode == "push"
                 and task.method != "PULL"
+                and _valid_deadline(task.dispatch_deadline)
                 and self._store.insert_new(
                     task, name=name, target=config.target or task.target, now=now
                 )
