@@ -165,14 +165,14 @@ def open_queue(path: Path, app: object | None = None) -> LocalTaskQueue:
 
 
 def test_version_1_file_is_migrated_with_every_row(tmp_path: Path) -> None:
-    """Opening a version-1 file rewrites it as version 3; every row survives unchanged."""
+    """Opening a version-1 file rewrites it as the current version; every row survives."""
     db = tmp_path / "v1.sqlite3"
     make_v1_file(db)
     before = rows_of(db)
     with open_queue(db):
         pass
     version, objects = schema_of(db)
-    assert version == 3
+    assert version == 4
     assert [(t, n) for t, n, _ in objects] == [
         ("table", "tasks"),
         ("index", "tasks_by_name"),
@@ -252,7 +252,7 @@ def test_migrated_tasks_are_delivered_and_deletable(tmp_path: Path) -> None:
 
 
 def test_migrated_file_opens_again_without_change(tmp_path: Path) -> None:
-    """A second open of a migrated file finds version 3 and leaves the schema alone."""
+    """A second open of a migrated file finds the current version and leaves the schema alone."""
     db = tmp_path / "v1.sqlite3"
     make_v1_file(db)
     with open_queue(db):
@@ -308,7 +308,7 @@ def test_processes_migrating_one_file_at_once_all_succeed(tmp_path: Path) -> Non
     live_ids = {row[0] for row in before if row[4] in ("pending", "leased")}
     for r in range(rounds):
         db = tmp_path / f"round-{r}.sqlite3"
-        assert schema_of(db)[0] == 3, f"round {r}"
+        assert schema_of(db)[0] == 4, f"round {r}"
         rows = rows_of(db)
         assert live_ids <= {row[0] for row in rows}, f"round {r}"
         added = [row for row in rows if row[0] not in old_ids]

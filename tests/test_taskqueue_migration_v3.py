@@ -1,4 +1,4 @@
-"""Queue files of schema version 2 (the release before pull queues) are migrated to version 3.
+"""Queue files of schema version 2 (the release before pull queues) are migrated (3, then 4).
 
 Version 3 adds pull tasks' ``tag`` column and a partial index on it. The version-2 files here
 are real SQLite files built with that release's DDL (copied below as it was) and filled with
@@ -135,14 +135,15 @@ def open_queue(path: Path) -> LocalTaskQueue:
 
 
 def test_version_2_file_is_migrated_with_every_row(tmp_path: Path) -> None:
-    """Opening a version-2 file makes it version 3 with a tag index; no row changes."""
+    """Opening a version-2 file gives it version 3's tag index (and version 4's column); no
+    row changes."""
     db = tmp_path / "v2.sqlite3"
     make_v2_file(db)
     before = rows_of(db)
     with open_queue(db):
         pass
     assert schema_of(db) == (
-        3,
+        4,
         [
             ("table", "tasks"),
             ("index", "tasks_by_name"),
@@ -195,7 +196,7 @@ def test_migrated_file_takes_pull_tasks_by_tag(tmp_path: Path) -> None:
 
 
 def test_migrated_file_opens_again_without_change(tmp_path: Path) -> None:
-    """A second open of a migrated file finds version 3 and leaves the file's schema alone."""
+    """A second open of a migrated file finds version 4 and leaves the file's schema alone."""
     db = tmp_path / "v2.sqlite3"
     make_v2_file(db)
     with open_queue(db):
@@ -245,7 +246,7 @@ def test_processes_migrating_one_file_at_once_all_succeed(tmp_path: Path) -> Non
     assert failures == []
     for r in range(rounds):
         db = tmp_path / f"round-{r}.sqlite3"
-        assert schema_of(db)[0] == 3, f"round {r}"
+        assert schema_of(db)[0] == 4, f"round {r}"
         conn = sqlite3.connect(db)
         try:
             tags = sorted(t for (t,) in conn.execute("SELECT tag FROM tasks WHERE tag IS NOT NULL"))
@@ -272,7 +273,7 @@ def _v2_variant(*statements: str) -> Callable[[Path], None]:
         pytest.param(_v2_variant("ALTER TABLE tasks ADD COLUMN tag TEXT"), id="a tag, still v2"),
         pytest.param(_v2_variant("CREATE TABLE users (id INTEGER)"), id="an extra table"),
         pytest.param(_v2_variant("DROP INDEX tasks_by_name"), id="the name index missing"),
-        pytest.param(_v2_variant("PRAGMA user_version=4"), id="a later version"),
+        pytest.param(_v2_variant("PRAGMA user_version=5"), id="a later version"),
     ],
 )
 def test_file_resembling_version_2_is_refused_unchanged(

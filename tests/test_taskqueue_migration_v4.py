@@ -295,16 +295,11 @@ def _v4_variant(*statements: str) -> Callable[[Path], None]:
             _v3_variant("ALTER TABLE tasks ADD COLUMN dispatch_deadline REAL"),
             id="v3 with version 4's column, still marked 3",
         ),
-        pytest.param(_v3_variant("CREATE TABLE users (id INTEGER)"), id="v3, an extra table"),
         pytest.param(_v3_variant("DROP INDEX tasks_by_tag"), id="v3, the tag index missing"),
         pytest.param(_v4_variant("PRAGMA user_version=5"), id="this release's file, marked 5"),
         pytest.param(
             _v4_variant("ALTER TABLE tasks DROP COLUMN dispatch_deadline"),
             id="version 3's columns, marked 4",
-        ),
-        pytest.param(_v4_variant("CREATE TABLE users (id INTEGER)"), id="v4, an extra table"),
-        pytest.param(
-            _v4_variant("CREATE INDEX tasks_by_url ON tasks (url)"), id="v4, an extra index"
         ),
     ],
 )
@@ -319,3 +314,35 @@ def test_file_resembling_version_3_or_4_is_refused_unchanged(
         open_queue(db)
     assert db.read_bytes() == before
     assert "left unchanged" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "theirs"),
+    [
+        pytest.param(
+            _v3_variant("CREATE TABLE users (id INTEGER)"), ("table", "users"), id="v3, a table"
+        ),
+        pytest.param(
+            _v4_variant("CREATE TABLE users (id INTEGER)"), ("table", "users"), id="v4, a table"
+        ),
+        pytest.param(
+            _v4_variant("CREATE INDEX tasks_by_url ON tasks (url)"),
+            ("index", "tasks_by_url"),
+            id="v4, an index of theirs",
+        ),
+    ],
+)
+def test_objects_of_the_users_beside_ours_are_kept(
+    tmp_path: Path, make: Callable[[Path], None], theirs: tuple[str, str]
+) -> None:
+    """A version-3 or -4 file holding a table or index of the user's opens (migrated when of
+    version 3); the user's object is kept and every task row is still there."""
+    db = tmp_path / "shared.sqlite3"
+    make(db)
+    rows = query(db, "SELECT id, queue, name, state FROM tasks ORDER BY id")
+    assert rows
+    with open_queue(db):
+        pass
+    assert schema_of(db)[0] == 4
+    assert query(db, "SELECT id, queue, name, state FROM tasks ORDER BY id") == rows
+    assert (*theirs,) in query(db, "SELECT type, name FROM sqlite_master")

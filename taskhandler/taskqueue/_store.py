@@ -359,11 +359,21 @@ def _normal_sql(sql: str) -> str:
 
 
 def _same_schema(
-    found: dict[tuple[str, str], str | None], expected: dict[tuple[str, str], str]
+    found: dict[tuple[str, str], str | None],
+    expected: dict[tuple[str, str], str],
+    *,
+    others_kept: bool = False,
 ) -> bool:
-    """Whether the schema objects ``found`` are exactly ``expected``, whitespace aside."""
-    return found.keys() == expected.keys() and all(
-        _normal_sql(str(found[key])) == _normal_sql(sql) for key, sql in expected.items()
+    """Whether the schema objects ``found`` are ``expected``, whitespace aside.
+
+    With ``others_kept``, objects of the user's beside ours (a table of their own, an index)
+    are allowed: a migration that only adds a column leaves them as they are.
+    """
+    if not (others_kept or found.keys() == expected.keys()):
+        return False
+    return all(
+        key in found and _normal_sql(str(found[key])) == _normal_sql(sql)
+        for key, sql in expected.items()
     )
 
 
@@ -866,7 +876,10 @@ class TaskStore:
         version 1, 2 or 3 (written by an earlier release) is migrated to version 4 in this same
         transaction, and only when its schema is exactly that version's; concurrent openers
         wait for the transaction and then find version 4. A file of version 4 is used only when
-        its schema is exactly version 4's; any other file (a later version's too) is refused.
+        its table and indexes are exactly version 4's. In a file of version 3 or 4, objects of
+        the user's beside ours (a table, an index) are kept as they are (a version-1 or -2 file,
+        whose table is rebuilt, must hold nothing else). Any other file (a later version's
+        too) is refused.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         objects = {
@@ -879,7 +892,7 @@ class TaskStore:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
-        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA):
+        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA, others_kept=True):
             return
         if version == 1 and _same_schema(objects, _V1_SCHEMA):
             _migrate_from_v1(conn)
@@ -890,7 +903,7 @@ class TaskStore:
             _migrate_from_v2(conn)
             _migrate_from_v3(conn)
             return
-        if version == 3 and _same_schema(objects, _V3_SCHEMA):
+        if version == 3 and _same_schema(objects, _V3_SCHEMA, others_kept=True):
             _migrate_from_v3(conn)
             return
         tables = sorted(name for kind, name in objects if kind == "table")
