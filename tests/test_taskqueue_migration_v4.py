@@ -298,6 +298,13 @@ def _v4_variant(*statements: str) -> Callable[[Path], None]:
         pytest.param(_v3_variant("DROP INDEX tasks_by_tag"), id="v3, the tag index missing"),
         pytest.param(_v4_variant("PRAGMA user_version=5"), id="this release's file, marked 5"),
         pytest.param(
+            _v4_variant("CREATE TRIGGER wipe AFTER UPDATE ON tasks BEGIN DELETE FROM tasks; END"),
+            id="v4, a trigger on the tasks",
+        ),
+        pytest.param(
+            _v3_variant("CREATE VIEW due AS SELECT * FROM tasks"), id="v3, a view of the tasks"
+        ),
+        pytest.param(
             _v4_variant("ALTER TABLE tasks DROP COLUMN dispatch_deadline"),
             id="version 3's columns, marked 4",
         ),

@@ -14,13 +14,15 @@ still bounds its leased tasks.
 
 Leases. A delivery waits for the app's answer at most the task's *timeout*: its own dispatch
 deadline (``dispatch_deadline_usec``) when it has one, else the queue's ``dispatch_timeout``.
-A lease lasts twice the task's timeout (one delivery before its own on its worker, then its
-own) plus :data:`LEASE_MARGIN`: a 24-hour task is not taken by another process while it runs,
-and a 20-second one is free again two minutes after its process died. A task that waited for
+A lease lasts twice the time one delivery may take (one delivery before its own on its
+worker, then its own) plus :data:`LEASE_MARGIN`: the task's timeout, or for an app called
+in-process (WSGI, which no timeout interrupts) at least ``dispatch_timeout``. So another
+process does not take a task whose delivery is still running, and a 20-second HTTP task of a
+process that died on another host is free again two minutes later. A task that waited for
 longer deliveries than that before its own starts has its lease extended first (one write,
 only then); if another process released it meanwhile, it is not delivered on that lease. A
-process that dies is seen at once by the next queue opened on its host (by its pid), only
-another host waits for the lease.
+process that dies is seen by its pid on its own host: at once by the next queue opened
+there, and within :data:`DEAD_CHECK` seconds by a queue already running there.
 
 Delivery goes through the transports of ``_dispatch`` (WSGI or ASGI in-process, HTTP to a base
 URL), with the headers of :meth:`TaskContext.to_headers`.
@@ -43,27 +45,20 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..context import TaskContext
-from ._dispatch import Dispatcher, Outcome, Request, clean_reason
+from ._dispatch import Dispatcher, Outcome, Request, WsgiDispatcher, clean_reason
 from ._errors import Error, InternalError, TransientError
 from ._scheduler import Attempt, Finish, GiveUp, Retry, Scheduler
 from ._store import StoredTask, TaskStore, utc
 
-__all__ = ["LEASE_MARGIN", "DispatchLoop", "lease_length", "request_for"]
+__all__ = ["DEAD_CHECK", "LEASE_MARGIN", "DispatchLoop", "request_for"]
 
 logger = logging.getLogger("taskhandler.taskqueue")
 
 LEASE_MARGIN = 60.0  # seconds a lease outlives the longest a delivery may take
 TOMBSTONE_SWEEP = 3600.0  # seconds between sweeps of expired tombstones
+DEAD_CHECK = 30.0  # seconds between looks for leases of dead processes of this host
 _BACKOFF_FIRST = 0.05  # seconds the background pump waits after its first storage error
 _BACKOFF_MAX = 5.0  # ... doubling up to this, or the poll interval if that is longer
-
-
-def lease_length(timeout: float) -> float:
-    """How long a task whose delivery may take ``timeout`` seconds is leased for.
-
-    A prefetched task may wait for one delivery before its own starts.
-    """
-    return 2 * timeout + LEASE_MARGIN
 
 
 def request_for(task: StoredTask) -> Request:
@@ -97,7 +92,7 @@ class DispatchLoop:
         workers: delivery threads.
         dispatch_timeout: the longest a delivery of a task without its own dispatch deadline
             may wait for the app's answer; a task's ``dispatch_deadline`` overrides it. Both
-            set the task's lease length (:func:`lease_length`).
+            set the task's lease length (see the module docstring).
         poll_interval: the longest the pump sleeps before looking at the database again.
         lease_prefix: the start of every lease id this loop takes (host/pid/instance).
     """
@@ -136,6 +131,10 @@ class DispatchLoop:
         self._storage_failures = 0  # storage errors in a row, for the background backoff
         self._attempts = 0
         self._last_sweep = -math.inf
+        self._last_dead_check = -math.inf
+        # Lease ids of the deliveries running now: close() leaves their leases alone.
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,10 +170,25 @@ class DispatchLoop:
         while (task := self._inbox.get()) is not None:
             self._deliver(task)
 
-    def timeout_of(self, task: StoredTask) -> float:
+    def _transport_of(self, task: StoredTask) -> Dispatcher:
+        return self._transports.get(task.target or "", self._transport)
+
+    def _timeout_of(self, task: StoredTask) -> float:
         """How long a delivery of ``task`` may wait: its dispatch deadline, else the queue's."""
         deadline = task.dispatch_deadline
         return self._dispatch_timeout if deadline is None else deadline
+
+    def _lease_timeout(self, task: StoredTask) -> float:
+        """The delivery time ``task``'s lease must cover.
+
+        Its timeout -- except for an app called in-process (WSGI), which no timeout
+        interrupts: there at least the queue's ``dispatch_timeout``, so that a short dispatch
+        deadline does not let another process take a task whose delivery is still running.
+        """
+        timeout = self._timeout_of(task)
+        if isinstance(self._transport_of(task), WsgiDispatcher):
+            return max(timeout, self._dispatch_timeout)
+        return timeout
 
     def _hold_lease(self, task: StoredTask, timeout: float) -> bool:
         """Whether ``task``'s lease outlasts the delivery about to start, extended if need be.
@@ -207,10 +221,13 @@ class DispatchLoop:
         return held
 
     def _deliver(self, task: StoredTask) -> None:
-        transport = self._transports.get(task.target or "", self._transport)
-        timeout = self.timeout_of(task)
+        transport = self._transport_of(task)
+        timeout = self._timeout_of(task)
         outcome: Outcome | None = None
-        if self._hold_lease(task, timeout):
+        if self._hold_lease(task, self._lease_timeout(task)):
+            lease = str(task.lease_id)
+            with self._running_lock:
+                self._running.add(lease)
             try:
                 outcome = transport(request_for(task), timeout=timeout)
             except Exception as exc:  # a transport bug must not lose the task
@@ -220,6 +237,9 @@ class DispatchLoop:
                     reason=clean_reason(f"dispatch error {type(exc).__name__}"),
                     executed=False,
                 )
+            finally:
+                with self._running_lock:
+                    self._running.discard(lease)
         self._results.put((task, outcome))
         self._wake.set()
 
@@ -275,7 +295,10 @@ class DispatchLoop:
         taken: dict[str, int] = {}
 
         def lease_end(task: StoredTask) -> float:
-            return now + lease_length(self.timeout_of(task))
+            # A prefetched task may wait for one delivery before its own starts.
+            return now + 2 * self._lease_timeout(task) + LEASE_MARGIN
+
+        look_for_dead = free > 0 and now - self._last_dead_check > DEAD_CHECK
 
         with self._store.transaction(doing) as tx:
             tx.finish(done, "done", now)
@@ -283,6 +306,10 @@ class DispatchLoop:
             tx.reschedule(retries)
             if sweep:
                 tx.sweep_tombstones(now)
+            if look_for_dead:
+                # A process of this host that died mid-delivery: its tasks need not wait
+                # for their leases (up to two dispatch deadlines) to run again.
+                tx.release_dead(now)
             if free > 0:
                 tx.release_expired(now, except_prefix=self.lease_prefix)
                 for name in scheduler.dispatchable():
@@ -299,6 +326,8 @@ class DispatchLoop:
                         break
         if sweep:
             self._last_sweep = now
+        if look_for_dead:
+            self._last_dead_check = now
         self._unrecorded = []
         for name, count in ending.items():
             scheduler.ended(name, count)
@@ -464,12 +493,13 @@ class DispatchLoop:
             if not recorded:
                 self._wake.wait(min(0.05, max(end - time.monotonic(), 0.0)))
 
-    def close(self, transports: Sequence[Dispatcher]) -> None:
-        """Stop, let deliveries end (10 s at most), release this loop's leases, close transports."""
-        self.stop(10.0)
+    def close(self, transports: Sequence[Dispatcher], timeout: float = 10.0) -> None:
+        """Stop, let deliveries end (``timeout`` s at most), release this loop's leases but
+        those of deliveries still running, close transports."""
+        self.stop(timeout)
         if self._pump_lock.acquire(timeout=10):
             try:
-                self._settle(10.0)
+                self._settle(timeout)
             finally:
                 self._pump_lock.release()
         # Tasks leased but not started stay leased: released below, delivered again later.
@@ -488,9 +518,23 @@ class DispatchLoop:
                 self._store.path,
                 len(self._unrecorded),
             )
+        with self._running_lock:
+            running = frozenset(self._running)
+        if running:
+            logger.warning(
+                "closing %s with %d delivery(ies) still running: their tasks stay leased, and "
+                "run again once their lease ends (or at once, when this process has ended and "
+                "a queue opens the file on this host)",
+                self._store.path,
+                len(running),
+            )
         try:
             with self._store.transaction("releasing this queue's leases") as tx:
-                tx.release_mine(self.lease_prefix, float(self._clock()), "queue closed")
+                # Not the leases of deliveries still running: another process would deliver
+                # those tasks a second time while they run.
+                tx.release_mine(
+                    self.lease_prefix, float(self._clock()), "queue closed", keep=running
+                )
         except (TransientError, InternalError) as exc:
             # The leases name this process: the next queue to open the file after it has
             # ended (or once they expire) delivers those tasks again.

@@ -659,12 +659,16 @@ class LocalTaskQueue:
         """Stop the background dispatcher; deliveries in flight may finish (up to ``timeout``)."""
         self._loop.stop(timeout)
 
-    def close(self) -> None:
-        """Stop dispatching, release this queue's leases, close connections and the database."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop dispatching, release this queue's leases, close connections and the database.
+
+        Deliveries in flight get ``timeout`` seconds to end; the tasks of those still running
+        then keep their leases (see "Leases" in the module docs of the dispatcher).
+        """
         if self._closed:
             return
         transports = {id(t): t for t in [self._transport, *self._transports.values()]}
-        self._loop.close(list(transports.values()))
+        self._loop.close(list(transports.values()), timeout)
         self._closed = True
         self._store.close()
 

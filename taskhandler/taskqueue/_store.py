@@ -37,7 +37,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,14 +362,16 @@ def _same_schema(
     found: dict[tuple[str, str], str | None],
     expected: dict[tuple[str, str], str],
     *,
-    others_kept: bool = False,
+    allow_others: bool = False,
 ) -> bool:
     """Whether the schema objects ``found`` are ``expected``, whitespace aside.
 
-    With ``others_kept``, objects of the user's beside ours (a table of their own, an index)
-    are allowed: a migration that only adds a column leaves them as they are.
+    With ``allow_others``, tables and indexes of the user's beside ours are allowed (a
+    migration that only adds a column leaves them as they are); a trigger or a view never
+    is: one on our table could drop or change tasks behind the queue's back.
     """
-    if not (others_kept or found.keys() == expected.keys()):
+    others = found.keys() - expected.keys()
+    if others and not (allow_others and all(kind in ("table", "index") for kind, _ in others)):
         return False
     return all(
         key in found and _normal_sql(str(found[key])) == _normal_sql(sql)
@@ -695,12 +697,25 @@ class Transaction:
             "lease expired",
         )
 
-    def release_mine(self, prefix: str, now: float, reason: str) -> int:
-        """Release every lease this queue holds (its lease ids start with ``prefix``)."""
-        return self.release("lease_id LIKE ?", (f"{prefix}/%",), now, reason)
+    def release_mine(
+        self, prefix: str, now: float, reason: str, *, keep: Collection[str] = ()
+    ) -> int:
+        """Release the leases this queue holds (lease ids starting with ``prefix``) but ``keep``."""
+        kept = tuple(keep)
+        where = "lease_id LIKE ?"
+        if kept:
+            where += f" AND lease_id NOT IN ({', '.join('?' * len(kept))})"
+        return self.release(where, (f"{prefix}/%", *kept), now, reason)
 
     def recover(self, now: float) -> int:
         """Release tasks leased by dead processes of this host or with expired leases."""
+        return self._release_stale(now, expired=True)
+
+    def release_dead(self, now: float) -> int:
+        """Release tasks leased by processes of this host that have died (seen by their pid)."""
+        return self._release_stale(now, expired=False)
+
+    def _release_stale(self, now: float, *, expired: bool) -> int:
         host = socket.gethostname()
         me = os.getpid()
         stale: list[int] = []
@@ -716,7 +731,7 @@ class Transaction:
                 and not _pid_alive(int(pid_text))
             )
             expires = row["lease_expires"]
-            if dead or expires is None or expires < now:
+            if dead or (expired and (expires is None or expires < now)):
                 stale.append(row["id"])
         for row_id in stale:
             self.release("id=?", (row_id,), now, "dispatcher stopped")
@@ -876,10 +891,10 @@ class TaskStore:
         version 1, 2 or 3 (written by an earlier release) is migrated to version 4 in this same
         transaction, and only when its schema is exactly that version's; concurrent openers
         wait for the transaction and then find version 4. A file of version 4 is used only when
-        its table and indexes are exactly version 4's. In a file of version 3 or 4, objects of
-        the user's beside ours (a table, an index) are kept as they are (a version-1 or -2 file,
-        whose table is rebuilt, must hold nothing else). Any other file (a later version's
-        too) is refused.
+        its table and indexes are exactly version 4's. In a file of version 3 or 4, tables and
+        indexes of the user's beside ours are kept as they are (a trigger or view is refused;
+        a version-1 or -2 file, whose table is rebuilt, must hold nothing else). Any other file
+        (a later version's too) is refused.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         objects = {
@@ -892,7 +907,7 @@ class TaskStore:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
-        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA, others_kept=True):
+        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA, allow_others=True):
             return
         if version == 1 and _same_schema(objects, _V1_SCHEMA):
             _migrate_from_v1(conn)
@@ -903,7 +918,7 @@ class TaskStore:
             _migrate_from_v2(conn)
             _migrate_from_v3(conn)
             return
-        if version == 3 and _same_schema(objects, _V3_SCHEMA, others_kept=True):
+        if version == 3 and _same_schema(objects, _V3_SCHEMA, allow_others=True):
             _migrate_from_v3(conn)
             return
         tables = sorted(name for kind, name in objects if kind == "table")
