@@ -11,6 +11,7 @@ against gcloud-tasks-emulator, which delivers the tasks to a Flask app under gun
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -432,17 +433,32 @@ def test_callback_may_read_the_result(local: LocalTaskQueue) -> None:
     assert seen == ["cb"]
 
 
-def test_callback_error_is_raised_once(local: LocalTaskQueue) -> None:
-    """A callback that raises: the waiter that ran it raises that; the next gets the result."""
+@pytest.mark.parametrize(
+    ("prepare", "error"),
+    [
+        pytest.param(None, None, id="the call succeeded"),
+        pytest.param(_two_mail_tasks, taskqueue.TaskAlreadyExistsError, id="the call failed"),
+    ],
+)
+def test_callback_error_is_raised_once(
+    local: LocalTaskQueue, prepare: Callable[[], None] | None, error: type[Exception] | None
+) -> None:
+    """A callback that raises: the waiter that ran it raises that; the next gets the call's own."""
 
     def boom() -> None:
         raise ValueError("from the callback")
 
+    if prepare is not None:
+        prepare()
     rpc = taskqueue.create_rpc(callback=boom)
-    Queue("mail").add_async(Task(url="/a", name="b1"), rpc=rpc)
+    Queue("mail").add_async(Task(url="/a", name="a1"), rpc=rpc)
     with pytest.raises(ValueError, match="from the callback"):
         rpc.get_result()
-    assert rpc.get_result().name == "b1"
+    if error is None:
+        assert rpc.get_result().name == "a1"
+    else:
+        with pytest.raises(error):
+            rpc.get_result()
 
 
 def test_callback_runs_once_when_threads_race(local: LocalTaskQueue) -> None:
@@ -638,6 +654,84 @@ def test_deadline_is_kept(local: LocalTaskQueue, deadline: Any, kept: float | No
     assert rpc.deadline == kept
     Queue("mail").add_async(Task(url="/a"), rpc=rpc).get_result()
     assert rpc.deadline == kept
+
+
+def _done(value: list[str | taskqueue.Error]) -> concurrent.futures.Future[list[Any]]:
+    future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+class _TasksOnly(LocalTaskQueue):
+    """A custom backend written before rpc deadlines: ``enqueue_async(tasks)``."""
+
+    received: list[dict[str, Any]]
+
+    def enqueue_async(self, tasks: Any) -> concurrent.futures.Future[list[Any]]:
+        self.received.append({})
+        return _done(self.enqueue(tasks))
+
+
+class _KeywordDeadline(LocalTaskQueue):
+    """A custom backend that takes ``enqueue_async(tasks, *, deadline=None)``."""
+
+    received: list[dict[str, Any]]
+
+    def enqueue_async(
+        self, tasks: Any, *, deadline: float | None = None
+    ) -> concurrent.futures.Future[list[Any]]:
+        self.received.append({"deadline": deadline})
+        return _done(self.enqueue(tasks))
+
+
+class _AnyKeywords(LocalTaskQueue):
+    """A custom backend that takes ``enqueue_async(tasks, **options)``."""
+
+    received: list[dict[str, Any]]
+
+    def enqueue_async(self, tasks: Any, **options: Any) -> concurrent.futures.Future[list[Any]]:
+        self.received.append(options)
+        return _done(self.enqueue(tasks))
+
+
+@pytest.mark.parametrize(
+    ("backend", "deadline", "received"),
+    [
+        pytest.param(_TasksOnly, 5, [{}, {}], id="enqueue_async(tasks), deadline 5"),
+        pytest.param(_TasksOnly, None, [{}, {}], id="enqueue_async(tasks), no deadline"),
+        pytest.param(
+            _KeywordDeadline,
+            5,
+            [{"deadline": 5.0}] * 2,
+            id="enqueue_async(tasks, *, deadline), deadline 5",
+        ),
+        pytest.param(
+            _KeywordDeadline,
+            None,
+            [{"deadline": None}] * 2,
+            id="enqueue_async(tasks, *, deadline), no deadline",
+        ),
+        pytest.param(
+            _AnyKeywords, 5, [{"deadline": 5.0}] * 2, id="enqueue_async(tasks, **options)"
+        ),
+    ],
+)
+def test_custom_backend_gets_the_deadline_it_takes(
+    tmp_path: Path, backend: type[Any], deadline: float | None, received: list[dict[str, Any]]
+) -> None:
+    """An rpc deadline goes to a custom enqueue_async only if it takes one; the add works."""
+    from taskhandler.taskqueue import _enqueue
+
+    queue = backend(_ok_app, db=tmp_path / "q.sqlite3", clock=ManualClock(NOW))
+    queue.received = []
+    with queue, taskqueue.use(queue):
+        for name in ("c1", "c2"):
+            rpc = taskqueue.create_rpc(deadline=deadline)
+            task = Queue("default").add_async(Task(url="/a", name=name), rpc=rpc).get_result()
+            assert (task.name, task.was_enqueued) == (name, True)
+    assert queue.received == received
+    if deadline is not None:  # asked once, kept by function
+        assert _enqueue._deadline_accepted[backend.enqueue_async] is (backend is not _TasksOnly)
 
 
 @pytest.mark.parametrize("callback", [5, "f", object()], ids=["a number", "text", "an object"])
@@ -955,6 +1049,206 @@ def test_cloud_tasks_enqueue_async_checks_its_deadline(
     with _cloud_backend(client) as backend, pytest.raises(error):
         backend.enqueue_async([record], deadline=deadline)
     assert service.created == []
+
+
+# -- CloudTasksBackend: a retry meets ALREADY_EXISTS, and the task is read back ---------------
+#
+# The first CreateTask commits the task but its answer is lost (UNAVAILABLE), so the retry
+# meets ALREADY_EXISTS and GetTask tells whether the queued task is this request. When GetTask
+# cannot tell, the add may have created the task: TransientError, never another's name.
+
+
+@pytest.fixture
+def read_back() -> Iterator[Any]:
+    """A ``FakeCloudTasks`` whose GetTask answers as ``service.get`` says."""
+    pytest.importorskip("google.cloud.tasks_v2", reason="the cloudtasks extra is not installed")
+    import grpc
+
+    from tests.test_cloudtasks import FakeCloudTasks, serving
+
+    class ReadBack(FakeCloudTasks):
+        def __init__(self) -> None:
+            super().__init__()
+            self.get = "answer"
+            self.gets: list[str] = []
+            self.release = threading.Event()
+
+        def get_task(self, request: Any, context: Any) -> Any:
+            self.gets.append(request.name.rsplit("/", 1)[-1])
+            if self.get == "unavailable":  # retried, as the client retries GetTask
+                context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: GetTask unavailable")
+            if self.get == "internal":  # not retried
+                context.abort(grpc.StatusCode.INTERNAL, "scripted: GetTask failed")
+            if self.get == "hold":  # until after the caller's deadline
+                self.release.wait(WAIT)
+            if self.get == "finished":  # the task ran and finished before GetTask came
+                context.abort(grpc.StatusCode.NOT_FOUND, "Requested entity was not found.")
+            return super().get_task(request, context)
+
+    service = ReadBack()
+    try:
+        with serving(service) as pair:
+            yield pair
+    finally:
+        service.release.set()
+
+
+TRANSIENT = taskqueue.TransientError
+
+
+@pytest.mark.parametrize(
+    ("get", "other", "deadline", "error", "once"),
+    [
+        pytest.param("answer", False, None, None, True, id="our task, no rpc deadline"),
+        pytest.param("answer", False, WAIT, None, True, id="our task, rpc deadline"),
+        pytest.param(
+            "answer",
+            True,
+            WAIT,
+            taskqueue.TaskAlreadyExistsError,
+            True,
+            id="another request's task",
+        ),
+        pytest.param(
+            "finished",
+            False,
+            WAIT,
+            taskqueue.TombstonedTaskError,
+            True,
+            id="no task queued by then",
+        ),
+        pytest.param("internal", False, None, TRANSIENT, True, id="GetTask fails, no deadline"),
+        pytest.param("internal", False, WAIT, TRANSIENT, True, id="GetTask fails, rpc deadline"),
+        pytest.param(
+            "unavailable", False, 1.0, TRANSIENT, False, id="GetTask retried to the rpc deadline"
+        ),
+        pytest.param("hold", False, 1.0, TRANSIENT, True, id="GetTask outlasts the rpc deadline"),
+    ],
+)
+def test_cloud_tasks_retry_meets_already_exists(
+    read_back: Any,
+    get: str,
+    other: bool,
+    deadline: float | None,
+    error: type[Exception] | None,
+    once: bool,
+) -> None:
+    """After a lost answer, ALREADY_EXISTS is our task, another's, or TransientError if unknown."""
+    service, client = read_back
+    service.get = get
+    with _cloud_backend(client) as backend, taskqueue.use(backend):
+        if other:
+            Queue("mail").add(Task(url="/other", name="n-1"))
+            service.refuse = 1  # the first try fails unanswered; the retry meets the name
+        else:
+            service.lose_answer = 1  # the first try creates it; its answer is lost
+        rpc = taskqueue.create_rpc(deadline=deadline)
+        task = Task(url="/a", name="n-1")
+        Queue("mail").add_async(task, rpc=rpc)
+        if error is None:
+            assert rpc.get_result() is task
+            assert task.was_enqueued
+        else:
+            with pytest.raises(error) as info:
+                rpc.get_result()
+            assert not task.was_enqueued
+            if error is taskqueue.TransientError:
+                assert "may have been created" in str(info.value)
+    assert _created(service)[-2:] == ["n-1", "n-1"]
+    assert service.gets[:1] == ["n-1"]
+    assert (len(service.gets) == 1) is once  # one GetTask tells, else retried to the deadline
+
+
+class _LosesTheFirstAnswer:
+    """A Cloud Tasks client stand-in (the review's): the first CreateTask creates the task but
+    its answer is lost; the second answers ALREADY_EXISTS as the time given to it runs out,
+    so no time is left before the rpc deadline to read the task back."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Any] = {}
+        self.calls = 0
+        self.gets = 0
+
+    def create_task(self, parent: str, task: Any, timeout: float) -> Any:
+        from google.api_core import exceptions
+
+        self.calls += 1
+        if self.calls == 1:
+            self.tasks[task.name] = task
+            raise exceptions.DeadlineExceeded("answer lost")
+        time.sleep(timeout)
+        raise exceptions.AlreadyExists("Requested entity already exists")
+
+    def get_task(self, request: Any, timeout: float, retry: Any) -> Any:
+        self.gets += 1
+        return self.tasks[request["name"]]
+
+    def queue_path(self, project: str, location: str, queue: str) -> str:
+        return f"projects/{project}/locations/{location}/queues/{queue}"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "deadline", "gets", "error"),
+    [
+        pytest.param(0.2, None, 1, None, id="no rpc deadline: read back, our task"),
+        pytest.param(WAIT, 0.5, 0, taskqueue.TransientError, id="rpc deadline 0.5 s: no time left"),
+    ],
+)
+def test_cloud_tasks_no_time_left_to_read_back(
+    cloud: Any, timeout: float, deadline: float | None, gets: int, error: type[Exception] | None
+) -> None:
+    """With no time left to check, a task our lost answer created is not another's name."""
+    client = _LosesTheFirstAnswer()
+    with _cloud_backend(client, timeout=timeout) as backend, taskqueue.use(backend):
+        rpc = taskqueue.create_rpc(deadline=deadline)
+        Queue("mail").add_async(Task(url="/a", name="mine"), rpc=rpc)
+        if error is None:
+            assert rpc.get_result().was_enqueued
+        else:
+            with pytest.raises(error, match="may have been created"):
+                rpc.get_result()
+    assert (client.calls, client.gets) == (2, gets)
+
+
+class _RetriesOnce:
+    """A retry= that is a plain wrapper (no ``with_timeout``): a second try after UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.wrapped = 0
+
+    def __call__(self, func: Callable[[], Any]) -> Callable[[], Any]:
+        from google.api_core import exceptions
+
+        self.wrapped += 1
+
+        def call() -> Any:
+            try:
+                return func()
+            except exceptions.ServiceUnavailable:
+                return func()
+
+        return call
+
+
+@pytest.mark.parametrize("deadline", [None, WAIT], ids=["no rpc deadline", "rpc deadline"])
+def test_cloud_tasks_retry_without_with_timeout(cloud: Any, deadline: float | None) -> None:
+    """A retry= without with_timeout is used as given, also under an rpc deadline."""
+    service, client = cloud
+    retry = _RetriesOnce()
+    service.refuse = 1
+    with _cloud_backend(client, retry=retry) as backend, taskqueue.use(backend):
+        rpc = taskqueue.create_rpc(deadline=deadline)
+        assert Queue("mail").add_async(Task(url="/a", name="r1"), rpc=rpc).get_result().name == "r1"
+    assert (retry.wrapped, _created(service)) == (1, ["r1", "r1"])
+
+
+@pytest.mark.parametrize("retry", [True, 5, "Retry()"], ids=["True", "a number", "text"])
+def test_cloud_tasks_retry_must_be_callable(cloud: Any, retry: Any) -> None:
+    """A retry= that cannot wrap a call is a ConfigError naming retry at construction."""
+    from taskhandler.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="retry"):
+        _cloud_backend(cloud[1], retry=retry)
 
 
 # -- end to end: the gcloud-tasks-emulator ------------------------------------------------------

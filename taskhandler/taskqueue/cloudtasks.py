@@ -47,9 +47,12 @@ How App Engine behaviour carries over:
   by default UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, with exponential
   backoff for up to 30 s). A named task stays exactly-once: when a retry meets ``ALREADY_EXISTS``
   after an attempt whose outcome was unknown, the queued task is read back (``GetTask``) and,
-  when it is the same request, the add succeeds as that task. An unnamed task has no such
-  guard: a retry after an attempt that was committed but not answered creates it twice (at
-  least once, as App Engine's own delivery); name tasks that must not run twice.
+  when it is the same request, the add succeeds as that task; when ``GetTask`` fails or the
+  rpc deadline leaves no time for it, the add gets ``TransientError`` (the task may have been
+  created: adding it again then answers ``TaskAlreadyExistsError`` or ``TombstonedTaskError``).
+  An unnamed task has no such guard: a retry after an attempt that was committed but not
+  answered creates it twice (at least once, as App Engine's own delivery); name tasks that must
+  not run twice.
 - **Emulator.** With ``CLOUD_TASKS_EMULATOR_HOST=host:port`` set and no ``client`` given, the
   backend talks to that emulator over plain gRPC, without credentials.
 - **Size.** Cloud Tasks takes HTTP target tasks up to 1 MB and App Engine tasks up to
@@ -179,6 +182,25 @@ def default_retry(timeout: float = 30.0) -> Any:
     )
 
 
+#: The statuses a GetTask is retried on, as the Cloud Tasks client retries it.
+_GET_TASK_RETRIED = ("ServiceUnavailable", "DeadlineExceeded")
+
+
+def _get_task_retry() -> Any:
+    """The Cloud Tasks client's own retry of GetTask (0.1 s growing 1.3-fold, up to 20 s)."""
+    _, exceptions = _import_tasks()
+    from google.api_core import retry as api_retry
+
+    types = tuple(getattr(exceptions, name) for name in _GET_TASK_RETRIED)
+    return api_retry.Retry(
+        predicate=api_retry.if_exception_type(*types),
+        initial=0.1,
+        maximum=10.0,
+        multiplier=1.3,
+        timeout=20.0,
+    )
+
+
 def emulator_client(host: str) -> Any:
     """A ``CloudTasksClient`` for the emulator at ``host:port`` (plain gRPC, no credentials).
 
@@ -244,7 +266,10 @@ class CloudTasksBackend:
             ``None``: Cloud Tasks' default (10 minutes for HTTP targets, the scaling type's
             deadline for App Engine targets).
         retry: a ``google.api_core.retry.Retry`` for CreateTask (default:
-            :func:`default_retry`), or ``False`` to make one attempt only.
+            :func:`default_retry`), or ``False`` to make one attempt only. Any other
+            callable that wraps a function (``retry(fn)()`` makes the call with retries) is
+            used as given; without a ``with_timeout`` method an rpc deadline still cuts each
+            attempt, but does not shorten its own limit.
         timeout: seconds allowed for each API call.
         max_workers: threads making API calls for ``enqueue_async`` and task lists.
         clock: seconds since the epoch; countdowns and ETAs are measured against it.
@@ -344,6 +369,12 @@ class CloudTasksBackend:
         )
 
         self._tasks_v2, self._exceptions = _import_tasks()
+        self._get_task_retry = _get_task_retry()
+        if retry is not None and retry is not False and not callable(retry):
+            raise ConfigError(
+                f"CloudTasksBackend retry: a google.api_core Retry, False or None, not {retry!r}",
+                value=retry,
+            )
         self._retry = None if retry is False else (retry or default_retry())
         emulator = os.environ.get(EMULATOR_ENV)
         if client is None and emulator:
@@ -538,7 +569,9 @@ class CloudTasksBackend:
                 retries are cut to what is left, and a task still waiting for a worker
                 thread when it passes is not attempted. A task not created in time gets
                 ``TransientError`` (Cloud Tasks may still have created it, as after any
-                ``DEADLINE_EXCEEDED``). ``None``: ``timeout`` per attempt, ``retry``'s limit.
+                ``DEADLINE_EXCEEDED``), also when a retry met ``ALREADY_EXISTS`` and there was
+                no time left to read the task back. ``None``: ``timeout`` per attempt,
+                ``retry``'s limit.
 
         Raises:
             TypeError, InvalidDeadlineError: ``deadline`` is not a number above 0.
@@ -637,17 +670,19 @@ class CloudTasksBackend:
             return self.client.create_task(parent=parent, task=proto, timeout=self._timeout(end))
 
         retry = self._retry
-        if retry is not None and end is not None:
+        with_timeout = getattr(retry, "with_timeout", None)
+        if with_timeout is not None and end is not None:
             # Retries stop at the RPC deadline too (each attempt is cut to it above).
             left = end - time.monotonic()
-            retry = retry.with_timeout(left if retry.timeout is None else min(retry.timeout, left))
+            limit = getattr(retry, "timeout", None)
+            retry = with_timeout(left if limit is None else min(limit, left))
         call = attempt if retry is None else retry(attempt)
         try:
             created = call()
         except self._exceptions.AlreadyExists as exc:
-            # After an attempt whose answer was lost, the name may be our own task.
-            if attempts[0] > 1 and self._is_same_task(proto, end):
-                return str(proto.name).rsplit("/", 1)[-1]
+            if attempts[0] > 1:
+                # After an attempt whose answer was lost, the name may be our own task.
+                return self._own_or_error(proto, exc, end)
             return self._already_exists(proto.name, exc, end)
         except self._exceptions.RetryError as exc:
             return self._error(exc.cause if exc.cause is not None else exc)
@@ -655,15 +690,39 @@ class CloudTasksBackend:
             return self._error(exc)
         return str(created.name).rsplit("/", 1)[-1]
 
-    def _is_same_task(self, proto: tasks_v2.Task, end: float | None = None) -> bool:
-        """Whether the queued task of ``proto``'s name carries the request ``proto`` does."""
+    def _own_or_error(
+        self, proto: tasks_v2.Task, exc: GoogleAPICallError, end: float | None = None
+    ) -> str | Error:
+        """A retry met ALREADY_EXISTS: the name when the queued task is ``proto``'s request.
+
+        Else ``TaskAlreadyExistsError`` (a different request has the name),
+        ``TombstonedTaskError`` (no task of the name is queued), or ``TransientError`` when
+        ``GetTask`` could not tell in time or failed: an earlier attempt may have created it.
+        """
+        message = exc.message or "task already exists"
         try:
-            found = self.client.get_task(
-                request={"name": proto.name, "response_view": self._tasks_v2.Task.View.FULL},
-                timeout=self._timeout(end),
+            found = self._get_task(proto.name, end, full=True)
+        except self._exceptions.NotFound:
+            error: Error = TombstonedTaskError(
+                f"{message} (task {proto.name} finished or was deleted recently)"
             )
-        except self._exceptions.GoogleAPIError:
-            return False
+        except self._exceptions.GoogleAPIError as lookup:
+            error = TransientError(
+                f"{message}, after an attempt whose answer was lost; the task may have been "
+                f"created by it, but reading it back failed: {lookup}"
+            )
+            error.__cause__ = lookup
+            return error
+        else:
+            if self._is_same_task(proto, found):
+                return str(proto.name).rsplit("/", 1)[-1]
+            error = TaskAlreadyExistsError(message)
+        error.__cause__ = exc
+        return error
+
+    @staticmethod
+    def _is_same_task(proto: tasks_v2.Task, found: tasks_v2.Task) -> bool:
+        """Whether the queued task ``found`` carries the request ``proto`` does."""
         for field, url in (("http_request", "url"), ("app_engine_http_request", "relative_uri")):
             sent, got = getattr(proto, field), getattr(found, field)
             if getattr(sent, url):
@@ -674,13 +733,28 @@ class CloudTasksBackend:
                 )
         return False
 
+    def _get_task(self, name: str, end: float | None, *, full: bool = False) -> Any:
+        """GetTask, retried as the client retries it (UNAVAILABLE, DEADLINE_EXCEEDED; up to
+        20 s), and answered by ``end`` (a ``time.monotonic()`` value) when one is given."""
+        request: dict[str, Any] = {"name": name}
+        if full:
+            request["response_view"] = self._tasks_v2.Task.View.FULL
+
+        def attempt() -> Any:
+            return self.client.get_task(request=request, timeout=self._timeout(end), retry=None)
+
+        retry = self._get_task_retry
+        if end is not None:
+            retry = retry.with_timeout(max(min(retry.timeout, end - time.monotonic()), 0.0))
+        return retry(attempt)()
+
     def _already_exists(
         self, name: str, exc: GoogleAPICallError, end: float | None = None
     ) -> Error:
         """App Engine told a live name from a recently used one; ask Cloud Tasks which it is."""
         message = exc.message or "task already exists"
         try:
-            self.client.get_task(name=name, timeout=self._timeout(end))
+            self._get_task(name, end)
         except self._exceptions.NotFound:
             error: Error = TombstonedTaskError(
                 f"{message} (task {name} finished or was deleted recently)"
