@@ -603,10 +603,14 @@ def create_rpc(
         deadline: seconds the call may take. ``CloudTasksBackend`` gives up on an add after
             it (``TransientError``, as for Cloud Tasks' ``DEADLINE_EXCEEDED``); the local
             queue answers at once and only keeps it. ``None``: the backend's own timeout.
+            An add passes it to the backend's ``enqueue_async(tasks, deadline=...)``; a
+            backend whose ``enqueue_async`` takes no ``deadline`` is called without it.
         callback: called without arguments, once, by the first ``wait()``,
             ``check_success()`` or ``get_result()`` after the call completed, in that thread,
             also when the call failed (that method then still raises its error). It may
-            call ``get_result()`` itself; it may be set later as ``rpc.callback``.
+            call ``get_result()`` itself; it may be set later as ``rpc.callback``. A
+            callback that raises: that one waiting call raises the callback's error instead
+            of the call's result or error; later calls give the call's own.
 
     Raises:
         TypeError: ``deadline`` is not a number, or ``callback`` is not callable.

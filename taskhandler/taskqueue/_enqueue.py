@@ -16,7 +16,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import inspect
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -105,7 +107,9 @@ class AddResult(Generic[T]):
     that thread, also when the call failed; ``state`` is :attr:`IDLE` before a call was made
     with it, :attr:`RUNNING` while the call is in flight, :attr:`FINISHING` once it has
     completed. An object carries one call: passing it as ``rpc=`` to a second call raises
-    ``AssertionError``, as App Engine's ``make_call`` did.
+    ``AssertionError``, as App Engine's ``make_call`` did. A callback that raises: the wait
+    that ran it raises the callback's error instead of the call's result or error; every
+    later wait gives the call's own.
 
     Each object is safe to use from several threads; the outcome is settled once and every
     later call gives the same result or raises the same error.
@@ -193,21 +197,21 @@ class AddResult(Generic[T]):
         return self.FINISHING if self.done() else self.RUNNING
 
     def _settle(self) -> None:
-        if not self._started:
-            raise AssertionError(
-                "no call has been made with this RPC object: pass it as rpc= to an *_async call"
-            )
-        # Unlocked fast path: _future only ever goes from a future to None.
-        if self._future is not None:
-            with self._lock:
-                future, finish = self._future, self._finish
-                if future is not None and finish is not None:
-                    try:
-                        self._value = finish(future.result())
-                    except Exception as exc:  # the call's error, kept to raise on every call
-                        self._error = exc
-                    self._future = None
-                    self._finish = None
+        # Under the lock: _start fills _future (None to a future) while another thread may be
+        # here, and the first waiter finishes the call (a future to None) while others wait.
+        with self._lock:
+            if not self._started:
+                raise AssertionError(
+                    "no call has been made with this RPC object: pass it as rpc= to an *_async call"
+                )
+            future, finish = self._future, self._finish
+            if future is not None and finish is not None:
+                try:
+                    self._value = finish(future.result())
+                except Exception as exc:  # the call's error, kept to raise on every call
+                    self._error = exc
+                self._future = None
+                self._finish = None
         self._run_callback()
 
     def _run_callback(self) -> None:
@@ -218,7 +222,7 @@ class AddResult(Generic[T]):
             due, self._callback_due = self._callback_due, False
         callback = self.callback
         if due and callback is not None:
-            callback()
+            callback()  # if it raises, this one wait raises that instead of the call's error
 
     def get_result(self) -> T:
         """Wait for the call; return its result (the task or list of tasks) or raise its error."""
@@ -419,6 +423,35 @@ def _traced(records: list[NewTask]) -> list[NewTask]:
 
 # -- adding ----------------------------------------------------------------------------------
 
+#: Whether a backend's ``enqueue_async`` takes ``deadline=``, by its function (asked once).
+_deadline_accepted: weakref.WeakKeyDictionary[Callable[..., Any], bool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _accepts_deadline(enqueue_async: Callable[..., Any]) -> bool:
+    """Whether a backend's ``enqueue_async`` accepts a ``deadline`` keyword.
+
+    Read from its signature once per function (a ``deadline`` parameter or ``**kwargs``);
+    one whose signature cannot be read is given the deadline, as the protocol says.
+    """
+    func = getattr(enqueue_async, "__func__", enqueue_async)
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referable
+        return _deadline_accepted[func]
+    try:
+        parameters = inspect.signature(enqueue_async).parameters.values()
+    except (TypeError, ValueError):
+        takes = True
+    else:
+        takes = any(
+            (p.name == "deadline" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+            or p.kind is p.VAR_KEYWORD
+            for p in parameters
+        )
+    with contextlib.suppress(TypeError):
+        _deadline_accepted[func] = takes
+    return takes
+
 
 def _finish(
     queue_name: str, tasks: Sequence[Addable], multiple: bool, results: list[str | Error]
@@ -490,11 +523,12 @@ def _add_now(
         records = _traced([item._record(queue_name) for item in tasks])
         enqueue_async = getattr(backend, "enqueue_async", None)
         if enqueue_async is not None:
-            # A deadline only when there is one: backends made before deadlines take none.
+            # A deadline only when there is one and the backend takes it: backends written
+            # before rpc deadlines take none, and the add then goes without it.
             future: concurrent.futures.Future[list[str | Error]] = (
-                enqueue_async(records)
-                if deadline is None
-                else enqueue_async(records, deadline=deadline)
+                enqueue_async(records, deadline=deadline)
+                if deadline is not None and _accepts_deadline(enqueue_async)
+                else enqueue_async(records)
             )
             return outcome(rpc, future=future, finish=finish)
         results = backend.enqueue(records)
