@@ -11,6 +11,10 @@ dispatch_deadline=0.2))``, which takes any number of seconds above 0. The handle
 outlast a deadline do not sleep: they wait until the queue gives up on them (the HTTP client
 closes its connection, the ASGI coroutine is cancelled) or another handler releases them, with
 a guard so a broken queue fails the test instead of hanging it.
+
+The deadline bounds the whole delivery, not each wait: raw-socket servers that dribble their
+answer, or close a kept-alive connection late, and ASGI apps that ignore their cancellation or
+block the event loop, all see the delivery end as a timeout before they are done.
 """
 
 from __future__ import annotations
@@ -235,6 +239,255 @@ def test_delivery_waits_for_the_tasks_own_deadline(
     assert seen.gave_up(timed_out) == timed_out
 
 
+# -- servers and apps that drag a delivery out: it still ends at its deadline ------------------
+
+DRAGGED = 1.0  # seconds: the deadline of the tasks the servers and apps below drag out
+STEP = 0.05  # seconds between two bytes a dribbling server sends
+DRIBBLED = int(GUARD / STEP)  # bytes: sent one by one, they take the whole guard
+HOLD = 0.6  # seconds a kept-alive connection holds a request before it closes without answer
+LATE = 0.8  # seconds a fresh connection waits before it answers: more than DRAGGED - HOLD
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def read_request(conn: socket.socket) -> bool:
+    """Read one request, head and body; False when the client closed the connection instead."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        body += chunk
+    return True
+
+
+def closed_within(conn: socket.socket, seconds: float) -> bool:
+    """True when the client closes (or resets) the connection within ``seconds``."""
+    readable, _, _ = select.select([conn], [], [], seconds)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class RawServer:
+    """An HTTP/1.1 server on 127.0.0.1 made of raw sockets, so it can answer as slowly as it
+    likes: ``serve(server, conn, index)`` answers the ``index``-th connection (from 0) in a
+    thread of its own. ``cut`` is set when the client went away before the server was done."""
+
+    def __init__(self, serve: Callable[[RawServer, socket.socket, int], None]) -> None:
+        self.serve = serve
+        self.stop = threading.Event()
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        index = 0
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn, index), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+            index += 1
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        with conn:
+            conn.settimeout(GUARD)
+            try:
+                self.serve(self, conn, index)
+            except OSError:  # reset, or a broken pipe: the client went away
+                self.cut.set()
+
+    def dribble(self, conn: socket.socket, data: bytes) -> None:
+        """Send ``data`` one byte every :data:`STEP` (until the test ends)."""
+        for byte in data:
+            if self.stop.wait(STEP):
+                return
+            conn.send(bytes([byte]))
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.listener.close()
+
+
+def dribbles_the_head(server: RawServer, conn: socket.socket, index: int) -> None:
+    """A 200 whose head comes one byte at a time, over the whole guard."""
+    if read_request(conn):
+        pad = b"a" * DRIBBLED
+        server.dribble(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: " + pad + b"\r\n\r\n")
+
+
+def dribbles_the_body(server: RawServer, conn: socket.socket, index: int) -> None:
+    """A 200 whose head comes at once, and its body one byte at a time over the whole guard."""
+    if read_request(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % DRIBBLED)
+        server.dribble(conn, b"x" * DRIBBLED)
+
+
+def closes_kept_alive_then_answers_late(server: RawServer, conn: socket.socket, index: int) -> None:
+    """The first connection answers its first request, holds its second :data:`HOLD` and
+    closes; a fresh connection answers after :data:`LATE` (past what is left of the deadline,
+    within a whole one)."""
+    if index == 0:
+        if read_request(conn):
+            conn.sendall(OK)
+        if read_request(conn):
+            closed_within(conn, HOLD)
+    elif read_request(conn):
+        if closed_within(conn, LATE):
+            server.cut.set()
+        else:
+            conn.sendall(OK)
+
+
+def answers(server: RawServer, conn: socket.socket, index: int) -> None:
+    """200 at once, to every request of the connection."""
+    while read_request(conn):
+        conn.sendall(OK)
+
+
+@pytest.mark.parametrize(
+    ("serve", "tasks"),
+    [
+        pytest.param(dribbles_the_head, 1, id="server dribbles the response head"),
+        pytest.param(dribbles_the_body, 1, id="server dribbles the response body"),
+        pytest.param(
+            closes_kept_alive_then_answers_late,
+            2,
+            id="kept-alive connection closed late: the fresh one gets only what is left",
+        ),
+    ],
+)
+def test_http_delivery_ends_at_its_deadline(
+    tmp_path: Path, serve: Callable[[RawServer, socket.socket, int], None], tasks: int
+) -> None:
+    """However slowly the server answers, the delivery ends at the task's deadline, before the
+    server is done, as a timeout that is retried."""
+    server = RawServer(serve)
+    try:
+        with LocalTaskQueue(
+            server.url, db=tmp_path / "q.sqlite3", queues=FAST, clock=ManualClock(NOW), workers=1
+        ) as q:
+            q.enqueue([new_task(f"t{i}", DRAGGED) for i in range(tasks)], atomic=True)
+            assert q.run_due(timeout=3 * GUARD) == tasks
+            retried = [(t.retry_count, t.execution_count, t.retry_reason) for t in q.tasks()]
+            done = q.counts()["default"]["done"]
+        cut = server.cut.wait(GUARD)
+    finally:
+        server.close()
+    assert retried == [(1, 1, f"timeout after {DRAGGED:g}s")]
+    assert done == tasks - 1
+    assert cut, "the delivery lasted as long as the server's answer"
+
+
+class StubbornApp:
+    """An ASGI app that outlasts its deadline: it swallows ``CancelledError`` and keeps
+    awaiting, or it blocks the event loop; until the test releases it, or :data:`GUARD`."""
+
+    def __init__(self, *, blocks: bool) -> None:
+        self.blocks = blocks
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self.outlasted_guard = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        if self.blocks:
+            self.release.wait(GUARD)  # no await: the queue's event loop is blocked
+        else:
+            for _ in range(int(GUARD / 0.01)):
+                if self.release.is_set():
+                    break
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+        self.outlasted_guard = not self.release.is_set()
+        self.finished.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        pytest.param(False, id="app swallows CancelledError and keeps awaiting"),
+        pytest.param(True, id="app blocks the event loop"),
+    ],
+)
+def test_asgi_delivery_ends_at_its_deadline(tmp_path: Path, blocks: bool) -> None:
+    """An app that ignores its cancellation or blocks the loop still has its delivery end (the
+    deadline plus a grace), before the app is done, as a timeout that is retried."""
+    app = StubbornApp(blocks=blocks)
+    with LocalTaskQueue(
+        app, db=tmp_path / "q.sqlite3", queues=FAST, clock=ManualClock(NOW), workers=1
+    ) as q:
+        try:
+            q.enqueue([new_task("stubborn", SHORT)], atomic=True)
+            assert q.run_due(timeout=3 * GUARD) == 1
+            retried = [(t.retry_count, t.execution_count, t.retry_reason) for t in q.tasks()]
+        finally:
+            app.release.set()
+            app.finished.wait(GUARD)  # so the queue's loop stops with no task left on it
+    assert retried == [(1, 1, f"timeout after {SHORT:g}s")]
+    assert not app.outlasted_guard, "the delivery lasted as long as the app"
+
+
+async def answers_at_once(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app: 200."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize(
+    ("kind", "deadline"),
+    [
+        pytest.param("http", 1e11, id="http 1e11 s"),
+        pytest.param("http", 1e300, id="http 1e300 s"),
+        pytest.param("asgi", 1e11, id="asgi 1e11 s"),
+    ],
+)
+def test_deadline_beyond_24_hours_is_waited_as_24_hours(
+    tmp_path: Path, kind: str, deadline: float
+) -> None:
+    """A deadline longer than any wait a socket or lock takes (the backend takes any number
+    above 0) is cut to 24 hours: the delivery goes through."""
+    server = RawServer(answers) if kind == "http" else None
+    target = server.url if server is not None else answers_at_once
+    try:
+        with LocalTaskQueue(
+            target, db=tmp_path / "q.sqlite3", queues=FAST, clock=ManualClock(NOW)
+        ) as q:
+            q.enqueue([new_task("long", deadline)], atomic=True)
+            assert q.run_due(timeout=3 * GUARD) == 1
+            left = [(t.retry_count, t.retry_reason) for t in q.tasks()]
+            done = q.counts()["default"]["done"]
+    finally:
+        if server is not None:
+            server.close()
+    assert (left, done) == ([], 1)
+
+
 # -- the lease: from the task's own timeout --------------------------------------------------
 
 
@@ -263,9 +516,12 @@ class LeaseReader:
 @pytest.mark.parametrize(
     ("dispatch_timeout", "deadline_usec", "with_deadline", "without"),
     [
-        pytest.param(600, 20_000_000, 2 * 20, 2 * 600, id="20 s task, default dispatch_timeout"),
+        pytest.param(10, 20_000_000, 2 * 20, 2 * 10, id="20 s task, 10 s dispatch_timeout"),
         pytest.param(600, 86_400_000_000, 2 * 86_400, 2 * 600, id="24 h task, default timeout"),
         pytest.param(30, 900_000_000, 2 * 900, 2 * 30, id="15 min task, 30 s dispatch_timeout"),
+        pytest.param(
+            600, 20_000_000, 2 * 600, 2 * 600, id="20 s task, in-process: dispatch_timeout at least"
+        ),
     ],
 )
 def test_lease_lasts_twice_the_tasks_own_timeout(
@@ -275,8 +531,8 @@ def test_lease_lasts_twice_the_tasks_own_timeout(
     with_deadline: float,
     without: float,
 ) -> None:
-    """A task is leased for 2 x its dispatch deadline + the margin; one without a deadline for
-    2 x dispatch_timeout + the margin."""
+    """A task is leased for 2 x its dispatch deadline + the margin (called in-process, as here,
+    at least dispatch_timeout); one without a deadline for 2 x dispatch_timeout + the margin."""
     db = tmp_path / "q.sqlite3"
     clock = ManualClock(NOW)
     app = LeaseReader(db, clock)
@@ -336,7 +592,10 @@ def test_lease_is_extended_for_a_task_that_waited_behind_a_long_delivery(tmp_pat
     db = tmp_path / "q.sqlite3"
     clock = ManualClock(NOW)
     app = LongThenShort(db, clock, other_opens_during_long=False)
-    with LocalTaskQueue(app, db=db, queues=FAST, clock=clock, workers=1) as q, taskqueue.use(q):
+    with (
+        LocalTaskQueue(app, db=db, queues=FAST, clock=clock, workers=1, dispatch_timeout=10) as q,
+        taskqueue.use(q),
+    ):
         Task(url="/long", name="long", dispatch_deadline_usec=86_400_000_000).add()
         Task(url="/quick", name="quick", dispatch_deadline_usec=20_000_000).add()
         assert q.run_due(timeout=20) == 2
@@ -350,7 +609,10 @@ def test_task_whose_lease_was_released_while_it_waited_is_delivered_once(tmp_pat
     db = tmp_path / "q.sqlite3"
     clock = ManualClock(NOW)
     app = LongThenShort(db, clock, other_opens_during_long=True)
-    with LocalTaskQueue(app, db=db, queues=FAST, clock=clock, workers=1) as q, taskqueue.use(q):
+    with (
+        LocalTaskQueue(app, db=db, queues=FAST, clock=clock, workers=1, dispatch_timeout=10) as q,
+        taskqueue.use(q),
+    ):
         Task(url="/long", name="long", dispatch_deadline_usec=86_400_000_000).add()
         Task(url="/quick", name="quick", dispatch_deadline_usec=20_000_000).add()
         q.run_due(timeout=20)

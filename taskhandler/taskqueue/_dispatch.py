@@ -5,7 +5,8 @@ app answered, and otherwise why not. The queue looks only at the status: 2xx is 
 else (including an exception, a timeout or a refused connection) is retried.
 
 The timeout is given with each delivery, not when the dispatcher is made: it is the task's own
-dispatch deadline when it has one, else the queue's ``dispatch_timeout``.
+dispatch deadline when it has one, else the queue's ``dispatch_timeout``; a dispatcher never waits
+longer than App Engine's longest deadline, 24 hours (:data:`MAX_TIMEOUT`).
 """
 
 from __future__ import annotations
@@ -17,21 +18,28 @@ import http.client
 import inspect
 import io
 import logging
+import math
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from .._types import ASGIApplication, Message, OptExcInfo, WSGIApplication
 from ..exceptions import ConfigError
+from ._task import MAX_DISPATCH_DEADLINE
 
 logger = logging.getLogger("taskhandler.taskqueue")
 
 _LEAST_WAIT = 0.001  # seconds: a socket timeout of 0 would make the socket non-blocking
+MAX_TIMEOUT = MAX_DISPATCH_DEADLINE.total_seconds()
+"""The longest a delivery waits (24 h): a longer timeout is cut to it (sockets and locks refuse
+waits of some 1e10 s and more)."""
+ASGI_GRACE = 1.0
+"""Seconds past its timeout that an ASGI delivery waits for the cancelled app to finish."""
 QUEUE_PEER = "0.1.0.2"
 """The address App Engine's task queue sends from (REMOTE_ADDR of every in-process task)."""
 
@@ -81,6 +89,14 @@ def clean_reason(reason: str) -> str:
 
 def _reason_for_status(status: int) -> str:
     return f"HTTP {status}"
+
+
+def _bounded(timeout: float) -> float:
+    return min(timeout, MAX_TIMEOUT)
+
+
+def _timed_out(timeout: float) -> Outcome:
+    return _failure(f"timeout after {timeout:g}s", executed=True)
 
 
 class Dispatcher(Protocol):
@@ -210,7 +226,12 @@ class AsgiDispatcher:
 
     All tasks share that loop, as they would in an ASGI server, so app state bound to a loop
     works. ``lifespan`` events are not sent. An app still running when the delivery's timeout
-    ends is cancelled (``asyncio.CancelledError`` where it awaits).
+    ends is cancelled (``asyncio.CancelledError`` where it awaits). The delivery ends at the
+    latest :data:`ASGI_GRACE` after its timeout, as a timeout, even when the app ignores the
+    cancellation and keeps awaiting (it is cancelled again, and left to run on the loop).
+
+    An app that blocks the loop (``time.sleep``, a blocking call) stalls every ASGI delivery of
+    the queue until it lets go: each of them ends as a timeout meanwhile.
     """
 
     def __init__(self, app: ASGIApplication) -> None:
@@ -283,11 +304,13 @@ class AsgiDispatcher:
 
     def __call__(self, request: Request, *, timeout: float) -> Outcome:
         loop = self._ensure_loop()
+        timeout = _bounded(timeout)
         future = asyncio.run_coroutine_threadsafe(self._run(request, timeout), loop)
         try:
-            code = future.result()
+            code = future.result(timeout=timeout + ASGI_GRACE)
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
-            return _failure(f"timeout after {timeout:g}s", executed=True)
+            future.cancel()  # the app ignored its cancellation, or the loop is blocked
+            return _timed_out(timeout)
         except Exception as exc:
             logger.exception("task handler raised %s", type(exc).__name__)
             return _failure(f"app raised {type(exc).__name__}", executed=True, status=500)
@@ -305,7 +328,104 @@ class AsgiDispatcher:
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=5)
-            loop.close()
+            if thread.is_alive():  # an app still blocks the loop: leave it to the daemon thread
+                logger.warning("an ASGI task handler still blocks the event loop at close")
+            else:
+                loop.close()
+
+
+class _Deadline:
+    """The end of one HTTP delivery, and the socket to shut down when it comes."""
+
+    def __init__(self, ends: float, lock: threading.Condition) -> None:
+        self.ends = ends
+        self.expired = False
+        self._lock = lock
+        self._sock: socket.socket | None = None
+
+    def left(self) -> float:
+        """Seconds until the end (at least a millisecond: 0 would make a socket non-blocking)."""
+        return max(self.ends - time.monotonic(), _LEAST_WAIT)
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the end (at once if it has come)."""
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        """The end has come: shut the watched socket down (the watchdog holds the lock)."""
+        self.expired = True
+        if self._sock is not None:
+            _shut_down(self._sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Wake whoever waits on ``sock``: its reads see the end of the stream, its writes fail."""
+    with contextlib.suppress(OSError):  # closed already: nothing waits on it
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread that shuts down the socket of every HTTP delivery still going at its end.
+
+    A socket timeout bounds each read, not the exchange: a server sending a byte now and then
+    would keep a delivery going for ever. Registering a deadline costs a set operation under a
+    lock (a timer thread per delivery would cost about as much as a round trip on loopback);
+    the thread wakes only for the earliest deadline.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._live: set[_Deadline] = set()
+        self._wakes_at = math.inf
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    @contextlib.contextmanager
+    def deadline(self, ends: float) -> Iterator[_Deadline]:
+        """Watch a delivery that must be over at ``ends`` (``time.monotonic()``) while inside."""
+        deadline = _Deadline(ends, self._changed)
+        with self._changed:
+            self._live.add(deadline)
+            if self._thread is None:
+                self._closing = False
+                self._thread = threading.Thread(
+                    target=self._run, name="taskhandler-queue-http-deadlines", daemon=True
+                )
+                self._thread.start()
+            if ends < self._wakes_at:
+                self._changed.notify()
+        try:
+            yield deadline
+        finally:
+            with self._changed:
+                self._live.discard(deadline)
+                if self._closing and not self._live:
+                    self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while self._live or not self._closing:
+                now = time.monotonic()
+                for deadline in [d for d in self._live if d.ends <= now]:
+                    self._live.discard(deadline)
+                    deadline.expire()
+                self._wakes_at = min((d.ends for d in self._live), default=math.inf)
+                wait = self._wakes_at - now
+                self._changed.wait(None if wait == math.inf else wait)
+            self._thread = None
+            self._wakes_at = math.inf
+
+    def close(self) -> None:
+        """Let the thread end once no delivery is watched (a later delivery starts another)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+            thread = None if self._live else self._thread
+        if thread is not None:
+            thread.join(timeout=5)
 
 
 class HttpDispatcher:
@@ -313,8 +433,9 @@ class HttpDispatcher:
 
     The task's relative URL is appended to the base URL's path. A timeout is an executed
     failure; a refused or broken connection is a failure that did not reach the app. Each
-    delivery's ``timeout`` bounds connecting, sending, and each wait for the answer; once the
-    response's head has come, its body is read within what is left of ``timeout``.
+    delivery's ``timeout`` bounds the whole exchange: connecting, sending, and reading the
+    response's head and body, however slowly the server sends them. A kept-alive connection
+    the server has closed is replaced once, within what is left of the timeout.
     """
 
     def __init__(self, base_url: str) -> None:
@@ -331,21 +452,28 @@ class HttpDispatcher:
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._watchdog = _Watchdog()
 
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection, its timeout set to ``timeout``; and whether it is reused."""
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, socket.socket, bool]:
+        """This thread's connection and its socket, with ``timeout``; and whether it was open."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.timeout = timeout  # for a reconnect
+            conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
-            return conn, True
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=timeout)
-        self._local.conn = conn
-        with self._lock:
-            self._all.append(conn)
-        return conn, False
+                return conn, conn.sock, True
+        else:
+            cls = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = cls(self.host, self.port, timeout=timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        conn.connect()
+        return conn, conn.sock, False
 
     def _drop(self) -> None:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -357,6 +485,7 @@ class HttpDispatcher:
                     self._all.remove(conn)
 
     def __call__(self, request: Request, *, timeout: float) -> Outcome:
+        timeout = _bounded(timeout)
         headers = {
             "Host": self.netloc,
             "User-Agent": "AppEngine-Google; (+http://code.google.com/appengine)",
@@ -364,50 +493,58 @@ class HttpDispatcher:
         for name, value in request.headers:
             if name.lower() != "host":
                 headers[name] = f"{headers[name]},{value}" if name in headers else value
-        url = self.prefix + request.url
-        ends = time.monotonic() + timeout
-        for attempt in (1, 2):
-            conn, reused = self._connection(timeout)
-            try:
-                conn.request(request.method, url, body=request.body, headers=headers)
-                sock = conn.sock  # getresponse() drops it from conn when the server closes
-                response = conn.getresponse()
-                if sock is not None:
-                    with contextlib.suppress(OSError):  # already closed: nothing left to bound
-                        sock.settimeout(max(ends - time.monotonic(), _LEAST_WAIT))
-                response.read()
-                if response.will_close:
-                    self._drop()
-                code = response.status
-                break
-            except TimeoutError:
-                self._drop()
-                return _failure(f"timeout after {timeout:g}s", executed=True)
-            except ConnectionRefusedError:
-                self._drop()
-                return _failure("connection refused", executed=False)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop()
-                # A kept-alive connection the server closed while idle: send once more on a
-                # fresh one before calling it a failure.
-                if reused and attempt == 1:
-                    continue
-                return _failure(f"connection lost ({type(exc).__name__})", executed=False)
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                reason = (
-                    "connection failed" if isinstance(exc, socket.gaierror) else type(exc).__name__
-                )
-                return _failure(f"connection failed ({reason})", executed=False)
-        else:  # pragma: no cover - the loop always breaks or returns
-            return _failure("connection lost", executed=False)
+        try:
+            with self._watchdog.deadline(time.monotonic() + timeout) as deadline:
+                code = self._exchange(request, headers, deadline)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop()
+            if deadline.expired or isinstance(exc, TimeoutError):
+                return _timed_out(timeout)
+            return _connection_failure(exc)
+        if deadline.expired:  # what was read may be cut short: a head without its end is valid
+            self._drop()
+            return _timed_out(timeout)
         if 200 <= code < 300:
             return Outcome(status=code, reason=None, executed=True)
         return _failure(_reason_for_status(code), executed=True, status=code)
 
+    def _exchange(self, request: Request, headers: dict[str, str], deadline: _Deadline) -> int:
+        """Send ``request`` and read the whole response before ``deadline``; its status."""
+        for attempt in (1, 2):
+            conn, sock, reused = self._connection(deadline.left())
+            deadline.watch(sock)
+            try:
+                conn.request(
+                    request.method, self.prefix + request.url, body=request.body, headers=headers
+                )
+                response = conn.getresponse()
+                response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server closed while idle: send once more on a
+                # fresh one, in what is left of the timeout, before calling it a failure.
+                if reused and attempt == 1 and not deadline.expired:
+                    self._drop()
+                    continue
+                raise
+            if response.will_close:
+                self._drop()
+            return response.status
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, and stop the deadline watchdog."""
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
             conn.close()
+        self._watchdog.close()
+
+
+def _connection_failure(exc: OSError | http.client.HTTPException) -> Outcome:
+    """The outcome of a delivery that failed before an answer, for a reason other than time."""
+    if isinstance(exc, ConnectionRefusedError):
+        return _failure("connection refused", executed=False)
+    if isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+        return _failure(f"connection lost ({type(exc).__name__})", executed=False)
+    reason = "connection failed" if isinstance(exc, socket.gaierror) else type(exc).__name__
+    return _failure(f"connection failed ({reason})", executed=False)
