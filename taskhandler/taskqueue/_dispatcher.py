@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..context import TaskContext
-from ._dispatch import Dispatcher, Outcome, Request, WsgiDispatcher, clean_reason
+from ._dispatch import MAX_TIMEOUT, Dispatcher, Outcome, Request, WsgiDispatcher, clean_reason
 from ._errors import Error, InternalError, TransientError
 from ._scheduler import Attempt, Finish, GiveUp, Retry, Scheduler
 from ._store import StoredTask, TaskStore, utc
@@ -174,9 +174,10 @@ class DispatchLoop:
         return self._transports.get(task.target or "", self._transport)
 
     def _timeout_of(self, task: StoredTask) -> float:
-        """How long a delivery of ``task`` may wait: its dispatch deadline, else the queue's."""
+        """How long a delivery of ``task`` may wait: its dispatch deadline, else the queue's
+        (24 hours at most, as a delivery waits)."""
         deadline = task.dispatch_deadline
-        return self._dispatch_timeout if deadline is None else deadline
+        return min(self._dispatch_timeout if deadline is None else deadline, MAX_TIMEOUT)
 
     def _lease_timeout(self, task: StoredTask) -> float:
         """The delivery time ``task``'s lease must cover.
