@@ -7,10 +7,12 @@ is moved with ``ManualClock`` where a lease must run out.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,119 @@ def test_closing_keeps_the_lease_of_a_delivery_still_running(tmp_path: Path) -> 
     finally:
         release.set()
         q.close()
+
+
+def test_closing_while_a_worker_takes_its_next_task_delivers_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that has taken a task and not yet begun it when ``close()`` looks at what
+    runs: either it delivers the task (keeping its lease) or another queue does, never both.
+    The pause stands for the worker being descheduled at that moment."""
+    from taskhandler.taskqueue._dispatcher import DispatchLoop
+
+    db = tmp_path / "q.sqlite3"
+    delivered: list[tuple[str, str]] = []
+    taking, go, first_done = threading.Event(), threading.Event(), threading.Event()
+    hold_lease = DispatchLoop._hold_lease
+    closing: list[DispatchLoop] = []
+
+    def paused(self: DispatchLoop, task: Any, timeout: float) -> bool:
+        if task.name == "b" and self in closing:
+            taking.set()
+            go.wait(10)
+        return hold_lease(self, task, timeout)
+
+    monkeypatch.setattr(DispatchLoop, "_hold_lease", paused)
+
+    def app_of(who: str) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            delivered.append((who, environ["PATH_INFO"]))
+            if who == "closing" and environ["PATH_INFO"] == "/b":
+                first_done.set()
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        return app
+
+    q = LocalTaskQueue(app_of("closing"), db=db, queues=FAST, workers=1)
+    closing.append(q._loop)
+    try:
+        with taskqueue.use(q):
+            Task(url="/a", name="a").add()
+            Task(url="/b", name="b").add()
+        q.start()
+        assert taking.wait(10)
+        q.close(timeout=0.2)
+        with LocalTaskQueue(app_of("other"), db=db, queues=FAST) as other:
+            other.run_due(timeout=5)
+    finally:
+        go.set()
+    first_done.wait(5)
+    assert [path for _, path in delivered].count("/b") == 1, delivered
+
+
+NEW_PID_NAMESPACE = """
+import os, sys, time
+free_outside = {int(p) for p in sys.argv[3].split(",")}
+while True:  # become a process whose pid is free in the parent's namespace
+    pid = os.fork()
+    if pid == 0:
+        if os.getpid() not in free_outside:
+            os._exit(0)
+        break
+    os.waitpid(pid, 0)
+    if pid in free_outside:
+        sys.exit(0)
+from taskhandler import taskqueue
+from taskhandler.taskqueue import LocalTaskQueue, QueueConfig, Task
+
+def app(environ, start_response):
+    with open(sys.argv[2], "a") as log:
+        log.write("other namespace\\n")
+    time.sleep(3)
+    start_response("200 OK", [])
+    return [b"ok"]
+
+queues = [QueueConfig("default", rate=200, bucket_size=50)]
+with LocalTaskQueue(app, db=sys.argv[1], queues=queues) as q, taskqueue.use(q):
+    Task(url="/t", name="t").add()
+    q.run_due(timeout=20)
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/ns/pid").exists() or shutil.which("unshare") is None,
+    reason="needs Linux PID namespaces and unshare(1)",
+)
+def test_a_live_process_in_another_pid_namespace_keeps_its_lease(tmp_path: Path) -> None:
+    """Containers that share a host name and the queue file do not see each other's pids: a
+    running queue does not take a live process's task for a dead one's and run it twice."""
+    db, log = tmp_path / "q.sqlite3", tmp_path / "delivered.log"
+    log.touch()
+    free_outside = [p for p in range(9, 400) if not Path(f"/proc/{p}").exists()]
+    if not free_outside:
+        pytest.skip("no low pid free here to stand for the other namespace's")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with log.open("a") as out:
+            out.write("this namespace\n")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with LocalTaskQueue(app, db=db, queues=FAST) as survivor:
+        child = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+             NEW_PID_NAMESPACE, str(db), str(log), ",".join(map(str, free_outside))],
+            cwd=ROOT,
+        )  # fmt: skip
+        try:
+            for _ in range(200):
+                if log.read_text():
+                    break
+                time.sleep(0.05)
+            if not log.read_text():
+                pytest.skip("unshare cannot make a PID namespace here")
+            survivor.run_due(timeout=10)
+        finally:
+            child.wait(30)
+    assert log.read_text().splitlines() == ["other namespace"]

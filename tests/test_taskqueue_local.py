@@ -6,7 +6,6 @@ Time is a ManualClock: ETAs, backoff and rate tokens are reached by advancing it
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from taskhandler.taskqueue import (
     Task,
     TaskRetryOptions,
 )
+from taskhandler.taskqueue._store import process_host
 from taskhandler.wsgi import TaskMiddleware
 
 NOW = 1_700_000_000.0
@@ -578,7 +578,7 @@ def test_recovery_on_open(
     with sqlite3.connect(db) as conn:
         conn.execute(
             "UPDATE tasks SET state='leased', lease_id=?, lease_expires=?",
-            (f"{socket.gethostname()}/{owner_pid()}/x/1", NOW + expires_in),
+            (f"{process_host()}/{owner_pid()}/x/1", NOW + expires_in),
         )
     conn.close()
     app = Recorder()

@@ -305,6 +305,10 @@ def _v4_variant(*statements: str) -> Callable[[Path], None]:
             _v3_variant("CREATE VIEW due AS SELECT * FROM tasks"), id="v3, a view of the tasks"
         ),
         pytest.param(
+            _v4_variant("CREATE UNIQUE INDEX one_per_queue ON tasks (queue)"),
+            id="v4, an index of theirs on the tasks",
+        ),
+        pytest.param(
             _v4_variant("ALTER TABLE tasks DROP COLUMN dispatch_deadline"),
             id="version 3's columns, marked 4",
         ),
@@ -333,9 +337,9 @@ def test_file_resembling_version_3_or_4_is_refused_unchanged(
             _v4_variant("CREATE TABLE users (id INTEGER)"), ("table", "users"), id="v4, a table"
         ),
         pytest.param(
-            _v4_variant("CREATE INDEX tasks_by_url ON tasks (url)"),
-            ("index", "tasks_by_url"),
-            id="v4, an index of theirs",
+            _v4_variant("CREATE TABLE users (id INTEGER)", "CREATE INDEX users_id ON users (id)"),
+            ("index", "users_id"),
+            id="v4, an index on their table",
         ),
     ],
 )

@@ -495,7 +495,12 @@ class HttpDispatcher:
                 headers[name] = f"{headers[name]},{value}" if name in headers else value
         try:
             with self._watchdog.deadline(time.monotonic() + timeout) as deadline:
-                code = self._exchange(request, headers, deadline)
+                code = self._send_and_read(request, headers, deadline)
+        except ValueError:
+            if not deadline.expired:
+                raise  # a bug: only an SSL socket shut down at the deadline says ValueError
+            self._drop()
+            return _timed_out(timeout)
         except (OSError, http.client.HTTPException) as exc:
             self._drop()
             if deadline.expired or isinstance(exc, TimeoutError):
@@ -508,7 +513,7 @@ class HttpDispatcher:
             return Outcome(status=code, reason=None, executed=True)
         return _failure(_reason_for_status(code), executed=True, status=code)
 
-    def _exchange(self, request: Request, headers: dict[str, str], deadline: _Deadline) -> int:
+    def _send_and_read(self, request: Request, headers: dict[str, str], deadline: _Deadline) -> int:
         """Send ``request`` and read the whole response before ``deadline``; its status."""
         for attempt in (1, 2):
             conn, sock, reused = self._connection(deadline.left())

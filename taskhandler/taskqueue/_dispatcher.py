@@ -132,9 +132,11 @@ class DispatchLoop:
         self._attempts = 0
         self._last_sweep = -math.inf
         self._last_dead_check = -math.inf
-        # Lease ids of the deliveries running now: close() leaves their leases alone.
+        # Lease ids of the deliveries running now: close() leaves their leases alone. Once
+        # close() has taken them (``_closing``), no delivery starts.
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        self._closing = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,22 +227,25 @@ class DispatchLoop:
         transport = self._transport_of(task)
         timeout = self._timeout_of(task)
         outcome: Outcome | None = None
-        if self._hold_lease(task, self._lease_timeout(task)):
-            lease = str(task.lease_id)
-            with self._running_lock:
+        lease = str(task.lease_id)
+        with self._running_lock:  # one step with close()'s look at what runs
+            starts = not self._closing
+            if starts:
                 self._running.add(lease)
-            try:
-                outcome = transport(request_for(task), timeout=timeout)
-            except Exception as exc:  # a transport bug must not lose the task
-                logger.exception("delivering task %s failed", task.name)
-                outcome = Outcome(
-                    status=None,
-                    reason=clean_reason(f"dispatch error {type(exc).__name__}"),
-                    executed=False,
-                )
-            finally:
-                with self._running_lock:
-                    self._running.discard(lease)
+        try:
+            if starts and self._hold_lease(task, self._lease_timeout(task)):
+                try:
+                    outcome = transport(request_for(task), timeout=timeout)
+                except Exception as exc:  # a transport bug must not lose the task
+                    logger.exception("delivering task %s failed", task.name)
+                    outcome = Outcome(
+                        status=None,
+                        reason=clean_reason(f"dispatch error {type(exc).__name__}"),
+                        executed=False,
+                    )
+        finally:
+            with self._running_lock:
+                self._running.discard(lease)
         self._results.put((task, outcome))
         self._wake.set()
 
@@ -520,6 +525,7 @@ class DispatchLoop:
                 len(self._unrecorded),
             )
         with self._running_lock:
+            self._closing = True  # what has not started by now never will
             running = frozenset(self._running)
         if running:
             logger.warning(

@@ -17,7 +17,6 @@ import datetime
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import urllib.parse
@@ -42,7 +41,7 @@ from ._errors import (
 )
 from ._queue_yaml import QueueConfig, normalize_queues
 from ._scheduler import Scheduler
-from ._store import StoredTask, TaskStore, generated_name, utc
+from ._store import StoredTask, TaskStore, generated_name, process_host, utc
 
 __all__ = ["TOMBSTONE_SECONDS", "LocalTaskQueue", "QueueFigures", "QueuedTask"]
 
@@ -324,7 +323,7 @@ class LocalTaskQueue:
             workers=workers,
             dispatch_timeout=float(dispatch_timeout),
             poll_interval=float(poll_interval),
-            lease_prefix=f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}",
+            lease_prefix=f"{process_host()}/{os.getpid()}/{uuid.uuid4().hex[:12]}",
         )
 
     def _recover(self) -> None:
@@ -662,8 +661,9 @@ class LocalTaskQueue:
     def close(self, timeout: float = 10.0) -> None:
         """Stop dispatching, release this queue's leases, close connections and the database.
 
-        Deliveries in flight get ``timeout`` seconds to end; the tasks of those still running
-        then keep their leases (see "Leases" in the module docs of the dispatcher).
+        Deliveries in flight get ``timeout`` seconds to end (stopping the dispatcher and
+        recording their outcomes each wait up to it); the tasks of those still running then
+        keep their leases (see "Leases" in the dispatcher's module docs).
         """
         if self._closed:
             return

@@ -53,7 +53,15 @@ from ._errors import (
 )
 from ._queue_yaml import RetryParameters
 
-__all__ = ["SCHEMA", "StoredTask", "TaskStore", "Transaction", "generated_name", "utc"]
+__all__ = [
+    "SCHEMA",
+    "StoredTask",
+    "TaskStore",
+    "Transaction",
+    "generated_name",
+    "process_host",
+    "utc",
+]
 
 SCHEMA_VERSION = 4
 _V2_TABLE = """
@@ -418,6 +426,21 @@ def _migrate_from_v3(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
+def process_host() -> str:
+    """Where this process's pid means something: the host name and, on Linux, its pid
+    namespace (containers may share a host name and a queue file, not their pids).
+
+    The first part of every lease id; a lease whose process is found dead by its pid is
+    released at once only when its lease id names this same host key.
+    """
+    host = socket.gethostname()
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]
+    except OSError:
+        return host
+    return f"{host}+{namespace}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -716,7 +739,7 @@ class Transaction:
         return self._release_stale(now, expired=False)
 
     def _release_stale(self, now: float, *, expired: bool) -> int:
-        host = socket.gethostname()
+        host = process_host()
         me = os.getpid()
         stale: list[int] = []
         for row in self._conn.execute(
@@ -891,23 +914,32 @@ class TaskStore:
         version 1, 2 or 3 (written by an earlier release) is migrated to version 4 in this same
         transaction, and only when its schema is exactly that version's; concurrent openers
         wait for the transaction and then find version 4. A file of version 4 is used only when
-        its table and indexes are exactly version 4's. In a file of version 3 or 4, tables and
-        indexes of the user's beside ours are kept as they are (a trigger or view is refused;
-        a version-1 or -2 file, whose table is rebuilt, must hold nothing else). Any other file
-        (a later version's too) is refused.
+        its table and indexes are exactly version 4's. In a file of version 3 or 4, tables of the
+        user's and their indexes are kept as they are (a trigger, a view, or anything on our
+        table is refused; a version-1 or -2 file, whose table is rebuilt, must hold nothing
+        else). Any other file (a later version's too) is refused.
         """
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        objects = {
-            (row["type"], row["name"]): row["sql"]
-            for row in conn.execute("SELECT type, name, sql FROM sqlite_master")
+        rows = [
+            row
+            for row in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")
             if not str(row["name"]).startswith("sqlite_")
-        }
+        ]
+        objects = {(row["type"], row["name"]): row["sql"] for row in rows}
+        # Tables and indexes of the user's may sit beside ours, but nothing of theirs on
+        # our table: an index there can refuse adds, a trigger drop tasks.
+        theirs_on_ours = any(
+            (row["type"], row["name"]) not in _V4_SCHEMA and row["tbl_name"] == "tasks"
+            for row in rows
+        )
         if not objects and version == 0:
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
-        if version == SCHEMA_VERSION and _same_schema(objects, _V4_SCHEMA, allow_others=True):
+        if version == SCHEMA_VERSION and _same_schema(
+            objects, _V4_SCHEMA, allow_others=not theirs_on_ours
+        ):
             return
         if version == 1 and _same_schema(objects, _V1_SCHEMA):
             _migrate_from_v1(conn)
@@ -918,7 +950,7 @@ class TaskStore:
             _migrate_from_v2(conn)
             _migrate_from_v3(conn)
             return
-        if version == 3 and _same_schema(objects, _V3_SCHEMA, allow_others=True):
+        if version == 3 and _same_schema(objects, _V3_SCHEMA, allow_others=not theirs_on_ours):
             _migrate_from_v3(conn)
             return
         tables = sorted(name for kind, name in objects if kind == "table")
