@@ -191,6 +191,107 @@ def test_closing_while_a_worker_takes_its_next_task_delivers_it_once(
     assert [path for _, path in delivered].count("/b") == 1, delivered
 
 
+def _recording(
+    delivered: list[tuple[str, str]], who: str, gate: threading.Event | None = None
+) -> Any:
+    """A WSGI app recording ``(who, path)``; a delivery of ``/b`` waits for ``gate``."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        delivered.append((who, environ["PATH_INFO"]))
+        if gate is not None and environ["PATH_INFO"] == "/b":
+            gate.wait(10)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    return app
+
+
+def test_a_task_a_worker_skips_while_closing_is_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that takes a task after ``close()`` looked at what runs does not start it;
+    ``close()`` gives its lease back and the next queue delivers it, once."""
+    from taskhandler.taskqueue._dispatcher import DispatchLoop
+
+    db = tmp_path / "q.sqlite3"
+    delivered: list[tuple[str, str]] = []
+    taking, go, skipped = threading.Event(), threading.Event(), threading.Event()
+    transport_of, deliver = DispatchLoop._transport_of, DispatchLoop._deliver
+    closing: list[DispatchLoop] = []
+
+    def paused(self: DispatchLoop, task: Any) -> Any:
+        # In the worker only (the pump asks too, for the lease's length).
+        worker = threading.current_thread().name == "taskhandler-queue-0"
+        if task.name == "b" and self in closing and worker:
+            taking.set()
+            go.wait(10)
+        return transport_of(self, task)
+
+    def delivering(self: DispatchLoop, task: Any) -> None:
+        deliver(self, task)
+        if task.name == "b" and self in closing:
+            skipped.set()
+
+    monkeypatch.setattr(DispatchLoop, "_transport_of", paused)
+    monkeypatch.setattr(DispatchLoop, "_deliver", delivering)
+    q = LocalTaskQueue(_recording(delivered, "closing"), db=db, queues=FAST, workers=1)
+    closing.append(q._loop)
+    with taskqueue.use(q):
+        Task(url="/a", name="a").add()
+        Task(url="/b", name="b").add()
+    q.start()
+    assert taking.wait(10)
+    closer = threading.Thread(target=q.close, kwargs={"timeout": 0.2})
+    closer.start()
+    closer.join(10)
+    go.set()
+    assert skipped.wait(10)
+    with LocalTaskQueue(_recording(delivered, "other"), db=db, queues=FAST) as other:
+        other.run_due(timeout=5)
+    assert [path for _, path in delivered].count("/b") == 1, delivered
+    assert ("other", "/b") in delivered
+
+
+def test_a_delivery_ending_as_close_looks_is_recorded_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery that answers after ``close()``'s wait but before it looks at what runs has
+    its outcome recorded: the task is done, not given back to run a second time."""
+    from taskhandler.taskqueue._dispatcher import DispatchLoop
+
+    db = tmp_path / "q.sqlite3"
+    delivered: list[tuple[str, str]] = []
+    gate = threading.Event()
+    settle = DispatchLoop._settle
+    closing: list[DispatchLoop] = []
+
+    def settled(self: DispatchLoop, timeout: float) -> None:
+        settle(self, timeout)
+        if self in closing and self._pump_lock.locked():  # close()'s wait, not stop()'s
+            gate.set()  # the delivery ends now
+            while True:
+                with self._running_lock:
+                    if not self._running:
+                        break
+                time.sleep(0.01)
+
+    monkeypatch.setattr(DispatchLoop, "_settle", settled)
+    q = LocalTaskQueue(_recording(delivered, "closing", gate), db=db, queues=FAST, workers=1)
+    closing.append(q._loop)
+    with taskqueue.use(q):
+        Task(url="/b", name="b").add()
+    q.start()
+    for _ in range(500):
+        if delivered:
+            break
+        time.sleep(0.01)
+    q.close(timeout=0.2)
+    with LocalTaskQueue(_recording(delivered, "other"), db=db, queues=FAST) as other:
+        other.run_due(timeout=5)
+        assert other.tasks("default") == []
+    assert delivered == [("closing", "/b")]
+
+
 NEW_PID_NAMESPACE = """
 import os, sys, time
 free_outside = {int(p) for p in sys.argv[3].split(",")}

@@ -357,3 +357,16 @@ def test_objects_of_the_users_beside_ours_are_kept(
     assert schema_of(db)[0] == 4
     assert query(db, "SELECT id, queue, name, state FROM tasks ORDER BY id") == rows
     assert (*theirs,) in query(db, "SELECT type, name FROM sqlite_master")
+
+
+def test_an_object_of_the_users_on_the_tasks_table_is_named_in_the_refusal(
+    tmp_path: Path,
+) -> None:
+    """A version-4 file refused for an index of the user's on the tasks table says which one."""
+    db = tmp_path / "q.sqlite3"
+    _v4_variant("CREATE INDEX tasks_by_url ON tasks (url)")(db)
+    before = db.read_bytes()
+    with pytest.raises(ConfigError, match="index tasks_by_url") as info:
+        open_queue(db)
+    assert "left unchanged" in str(info.value)
+    assert db.read_bytes() == before

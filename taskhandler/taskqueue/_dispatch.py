@@ -497,9 +497,9 @@ class HttpDispatcher:
             with self._watchdog.deadline(time.monotonic() + timeout) as deadline:
                 code = self._send_and_read(request, headers, deadline)
         except ValueError:
+            self._drop()
             if not deadline.expired:
                 raise  # a bug: only an SSL socket shut down at the deadline says ValueError
-            self._drop()
             return _timed_out(timeout)
         except (OSError, http.client.HTTPException) as exc:
             self._drop()

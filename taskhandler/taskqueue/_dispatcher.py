@@ -36,6 +36,7 @@ raises the error instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -244,9 +245,9 @@ class DispatchLoop:
                         executed=False,
                     )
         finally:
-            with self._running_lock:
+            with self._running_lock:  # its outcome is there before close() may look
+                self._results.put((task, outcome))
                 self._running.discard(lease)
-        self._results.put((task, outcome))
         self._wake.set()
 
     # -- one pump step: record what ended, lease what is due -----------------------------------
@@ -506,8 +507,19 @@ class DispatchLoop:
         if self._pump_lock.acquire(timeout=10):
             try:
                 self._settle(timeout)
+                with self._running_lock:
+                    self._closing = True  # what has not started by now never will
+                    running = frozenset(self._running)
+                # Deliveries that ended since the wait: their outcomes (on a storage error
+                # they stay unrecorded, as said below, and their tasks run again).
+                with contextlib.suppress(TransientError, InternalError):
+                    self._exchange(float(self._clock()), lease=False)
             finally:
                 self._pump_lock.release()
+        else:  # the pump is stuck: record nothing, start nothing
+            with self._running_lock:
+                self._closing = True
+                running = frozenset(self._running)
         # Tasks leased but not started stay leased: released below, delivered again later.
         while True:
             try:
@@ -524,9 +536,6 @@ class DispatchLoop:
                 self._store.path,
                 len(self._unrecorded),
             )
-        with self._running_lock:
-            self._closing = True  # what has not started by now never will
-            running = frozenset(self._running)
         if running:
             logger.warning(
                 "closing %s with %d delivery(ies) still running: their tasks stay leased, and "

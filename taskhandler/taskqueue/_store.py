@@ -928,10 +928,11 @@ class TaskStore:
         objects = {(row["type"], row["name"]): row["sql"] for row in rows}
         # Tables and indexes of the user's may sit beside ours, but nothing of theirs on
         # our table: an index there can refuse adds, a trigger drop tasks.
-        theirs_on_ours = any(
-            (row["type"], row["name"]) not in _V4_SCHEMA and row["tbl_name"] == "tasks"
+        theirs_on_ours = [
+            f"{row['type']} {row['name']}"
             for row in rows
-        )
+            if (row["type"], row["name"]) not in _V4_SCHEMA and row["tbl_name"] == "tasks"
+        ]
         if not objects and version == 0:
             for statement in SCHEMA:
                 conn.execute(statement)
@@ -953,6 +954,14 @@ class TaskStore:
         if version == 3 and _same_schema(objects, _V3_SCHEMA, allow_others=not theirs_on_ours):
             _migrate_from_v3(conn)
             return
+        if theirs_on_ours and version in (3, SCHEMA_VERSION):
+            raise ConfigError(
+                "the queue's tasks table holds objects taskhandler does not know "
+                f"({', '.join(sorted(theirs_on_ours))}): drop them (an index or trigger there "
+                "can refuse adds or lose tasks); the file was left unchanged",
+                path=path,
+                value=theirs_on_ours,
+            )
         tables = sorted(name for kind, name in objects if kind == "table")
         raise ConfigError(
             "the file is not a taskhandler queue database (or has another schema version:"
