@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import io
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -31,7 +30,7 @@ from ._decision import (
 )
 from ._request import RequestView
 from ._response import Response, plain_response, status_line
-from ._trace import OTEL_MODULE, attempt, publish, trace_from_headers
+from ._trace import Trace, attempt, attempt_watched, publish, trace_from_headers
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._watchdog import arm
 from .auth import cookies_of
@@ -149,11 +148,15 @@ def _traced(
     app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
 ) -> Iterable[bytes]:
     """Call ``app`` with the request's trace current (tasks it adds carry it on)."""
-    trace = trace_from_headers(
+    with publish(environ_trace(environ)):
+        return app(environ, start_response)
+
+
+def environ_trace(environ: WSGIEnvironment) -> Trace | None:
+    """The trace the request's headers name (``traceparent``, ``X-Cloud-Trace-Context``)."""
+    return trace_from_headers(
         environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
     )
-    with publish(trace):
-        return app(environ, start_response)
 
 
 # -- environ -> request view --------------------------------------------------------------
@@ -387,16 +390,10 @@ def run_task(
 
     The request's trace (``traceparent``, ``X-Cloud-Trace-Context``) is current meanwhile.
     """
-    traceparent = environ.get("HTTP_TRACEPARENT")
-    cloud_trace = environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")
-    if (
-        traceparent is None
-        and cloud_trace is None
-        and settings.on_error is None
-        and OTEL_MODULE not in sys.modules
-    ):
+    trace = environ_trace(environ)
+    if trace is None and not attempt_watched(settings.on_error):
         return _run_task(app, environ, start_response, ctx, settings)  # nothing to publish
-    with attempt(ctx, trace_from_headers(traceparent, cloud_trace), settings.on_error):
+    with attempt(ctx, trace, settings.on_error):
         return _run_task(app, environ, start_response, ctx, settings)
 
 

@@ -40,7 +40,7 @@ from .._decision import (
 )
 from .._request import RequestView
 from .._response import OUTCOME_HEADER, Response
-from .._trace import Trace, attempt, attempt_watched, publish, trace_from_headers
+from .._trace import Trace, attempt, attempt_watched, publish
 from .._watchdog import Armed, arm
 from ..context import TaskContext
 from ..context import _current as _current_task
@@ -494,8 +494,7 @@ def _is_django_answer(exc: BaseException) -> bool:
 
 def trace_of(request: Any) -> Trace | None:
     """The trace the request's headers name (``traceparent``, ``X-Cloud-Trace-Context``)."""
-    meta = request.META
-    return trace_from_headers(meta.get("HTTP_TRACEPARENT"), meta.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
+    return wsgi.environ_trace(request.META)  # META holds HTTP_* keys under ASGI too
 
 
 def run_task(
