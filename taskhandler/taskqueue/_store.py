@@ -366,6 +366,20 @@ def _normal_sql(sql: str) -> str:
     return _SPACE_AROUND_PUNCTUATION.sub(r"\1", " ".join(sql.split()))
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction on ``conn``: committed whole or rolled back whole."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk, ...)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _same_schema(
     found: dict[tuple[str, str], str | None],
     expected: dict[tuple[str, str], str],
@@ -856,15 +870,8 @@ class TaskStore:
         try:
             conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 self._check_or_create(conn, path)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
             if path != ":memory:":
                 mode = self._switch_to_wal(conn)
                 if mode != "wal":
@@ -996,15 +1003,8 @@ class TaskStore:
             self._check_file(doing)
             conn = self.connection
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _immediate(conn):
                     yield Transaction(conn, self._tombstone_seconds)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise self.error(exc, doing) from exc
 
