@@ -80,7 +80,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError
@@ -169,17 +169,7 @@ def default_retry(timeout: float = 30.0) -> Any:
     Retries the statuses of :data:`RETRIED_STATUSES` with exponential backoff (0.1 s doubling
     up to 5 s) for at most ``timeout`` seconds.
     """
-    _, exceptions = _import_tasks()
-    from google.api_core import retry as api_retry
-
-    types = tuple(getattr(exceptions, name) for name in RETRIED_STATUSES)
-    return api_retry.Retry(
-        predicate=api_retry.if_exception_type(*types),
-        initial=0.1,
-        maximum=5.0,
-        multiplier=2.0,
-        timeout=timeout,
-    )
+    return _retry(RETRIED_STATUSES, initial=0.1, maximum=5.0, multiplier=2.0, timeout=timeout)
 
 
 #: The statuses a GetTask is retried on, as the Cloud Tasks client retries it.
@@ -188,16 +178,23 @@ _GET_TASK_RETRIED = ("ServiceUnavailable", "DeadlineExceeded")
 
 def _get_task_retry() -> Any:
     """The Cloud Tasks client's own retry of GetTask (0.1 s growing 1.3-fold, up to 20 s)."""
+    return _retry(_GET_TASK_RETRIED, initial=0.1, maximum=10.0, multiplier=1.3, timeout=20.0)
+
+
+def _retry(
+    statuses: Iterable[str], *, initial: float, maximum: float, multiplier: float, timeout: float
+) -> Any:
+    """A ``google.api_core.retry.Retry`` of the named ``google.api_core.exceptions``."""
     _, exceptions = _import_tasks()
     from google.api_core import retry as api_retry
 
-    types = tuple(getattr(exceptions, name) for name in _GET_TASK_RETRIED)
+    types = tuple(getattr(exceptions, name) for name in statuses)
     return api_retry.Retry(
         predicate=api_retry.if_exception_type(*types),
-        initial=0.1,
-        maximum=10.0,
-        multiplier=1.3,
-        timeout=20.0,
+        initial=initial,
+        maximum=maximum,
+        multiplier=multiplier,
+        timeout=timeout,
     )
 
 
