@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,6 +81,13 @@ def check_entry(entry: dict[str, Any]) -> None:
         )
     if "logging.googleapis.com/spanId" in entry:
         assert re.fullmatch(r"[0-9a-f]{16}", entry["logging.googleapis.com/spanId"])
+
+
+@pytest.fixture(autouse=True)
+def _without_opentelemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These records carry the request's own trace: hide OpenTelemetry, should an earlier test
+    have loaded it (its attempt span would name the span instead)."""
+    monkeypatch.delitem(sys.modules, "opentelemetry.trace", raising=False)
 
 
 @pytest.fixture
